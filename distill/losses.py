@@ -1,0 +1,91 @@
+"""Loss terms of the style-transfer objective, each reduced to one value per image.
+
+Every function returns a tensor of shape (B,), so one batched call serves a batch of
+independent optimisation problems (the batched teacher) as well as a training batch
+(which takes the mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of feature maps, normalised by the number of positions.
+
+    ``features``: (B, C, H, W). Returns (B, C, C) float32 with
+    ``G[b, i, j] = sum_p F[b, i, p] * F[b, j, p] / (H * W)``, i.e. the mean over spatial
+    positions p of the outer product of the feature vectors. Dividing by H*W makes the
+    statistic independent of image size, so style targets from a style image of one size
+    apply to content of another. It is computed in float32 even under autocast because
+    fp16 Gram sums overflow.
+
+    Relation to Gatys et al. (2016): their unnormalised ``G`` with
+    ``E_l = 1 / (4 N^2 M^2) * sum (G - A)^2`` (N = C channels, M = H*W positions) equals
+    ``mean((G/M - A/M)^2) / 4``, so :func:`style_layer_loss` is ``4 * E_l``.
+    """
+    batch, channels, height, width = features.shape
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        flat = features.float().reshape(batch, channels, height * width)
+        return torch.bmm(flat, flat.transpose(1, 2)) / (height * width)
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of feature maps (B, C, H, W) -> (B,)."""
+    diff = features.float() - target.float()
+    return diff.pow(2).flatten(1).mean(dim=1)
+
+
+def style_layer_loss(gram: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of Gram matrices (B, C, C) vs (B or 1, C, C) -> (B,)."""
+    return (gram - target_gram).pow(2).flatten(1).mean(dim=1)
+
+
+def style_loss(
+    grams: Mapping[str, torch.Tensor],
+    target_grams: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+) -> torch.Tensor:
+    """Weighted sum over layers of :func:`style_layer_loss` -> (B,)."""
+    total = None
+    for layer, weight in layer_weights.items():
+        term = weight * style_layer_loss(grams[layer], target_grams[layer])
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("style_loss needs at least one layer")
+    return total
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels (B, C, H, W) -> (B,).
+
+    ``mean((x[:, :, 1:, :] - x[:, :, :-1, :])^2) + mean((x[:, :, :, 1:] - x[:, :, :, :-1])^2)``
+    per image; it penalises high-frequency noise without depending on the image size.
+    """
+    images = images.float()
+    vertical = (images[:, :, 1:, :] - images[:, :, :-1, :]).pow(2).flatten(1).mean(dim=1)
+    horizontal = (images[:, :, :, 1:] - images[:, :, :, :-1]).pow(2).flatten(1).mean(dim=1)
+    return vertical + horizontal
+
+
+def layer_weights_for(
+    layers: Sequence[str], channels: Mapping[str, int], scheme: str | Mapping[str, float]
+) -> dict[str, float]:
+    """Per-layer style weights.
+
+    ``scheme``: ``"inverse_square_channels"`` gives ``1 / C_l^2`` (the lecture's recipe,
+    which evens out layers of different widths), ``"equal"`` gives 1 per layer, or an
+    explicit mapping ``{layer: weight}`` that must cover every layer.
+    """
+    if isinstance(scheme, Mapping):
+        absent = [layer for layer in layers if layer not in scheme]
+        if absent:
+            raise ValueError(f"explicit style layer weights lack {absent}")
+        return {layer: float(scheme[layer]) for layer in layers}
+    if scheme == "equal":
+        return {layer: 1.0 for layer in layers}
+    if scheme == "inverse_square_channels":
+        return {layer: 1.0 / channels[layer] ** 2 for layer in layers}
+    raise ValueError(f"unknown layer weighting {scheme!r}; use 'inverse_square_channels', 'equal' or a mapping")

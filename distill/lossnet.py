@@ -1,0 +1,318 @@
+"""The frozen loss network: a timm classifier's feature trunk with named layer taps.
+
+The teacher, the student trainer and the fidelity report all measure images through
+this network, so the taps, the weights and the ImageNet normalisation live here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The pretrained tag used for each named backbone: torchvision's ImageNet weights, the
+#: ones Gatys-style implementations and the original lecture used.
+PRETRAINED_TAGS = {"vgg19": "vgg19.tv_in1k", "resnet50": "resnet50.tv_in1k"}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (typically: no internet)."""
+
+
+class WeightsFileError(ValueError):
+    """A local weights file is missing, unreadable or does not fit the backbone."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A documented tap: its channel count and its spatial reduction (input size / tap size)."""
+
+    channels: int
+    reduction: int
+
+
+def _vgg19_layers() -> dict[str, tuple[str, LayerInfo]]:
+    """Gatys names (conv1_1, relu1_1, pool1, ...) -> (node in ``features``, info)."""
+    config = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
+    layers: dict[str, tuple[str, LayerInfo]] = {}
+    index = 0
+    for block, (channels, convs) in enumerate(config, start=1):
+        reduction = 2 ** (block - 1)
+        for conv in range(1, convs + 1):
+            layers[f"conv{block}_{conv}"] = (f"features.{index}", LayerInfo(channels, reduction))
+            layers[f"relu{block}_{conv}"] = (f"features.{index + 1}", LayerInfo(channels, reduction))
+            index += 2
+        layers[f"pool{block}"] = (f"features.{index}", LayerInfo(channels, reduction * 2))
+        index += 1
+    return layers
+
+
+# The lecture split ResNet-50's children() into a stem and four stages.
+_RESNET50_LAYERS = {
+    "stem": ("maxpool", LayerInfo(64, 4)),
+    "layer1": ("layer1", LayerInfo(256, 4)),
+    "layer2": ("layer2", LayerInfo(512, 8)),
+    "layer3": ("layer3", LayerInfo(1024, 16)),
+    "layer4": ("layer4", LayerInfo(2048, 32)),
+}
+
+#: Friendly tap names per backbone, with their documented channels and reduction.
+NAMED_LAYERS: dict[str, dict[str, tuple[str, LayerInfo]]] = {
+    "vgg19": _vgg19_layers(),
+    "resnet50": _RESNET50_LAYERS,
+}
+
+#: Default taps: Gatys et al. for VGG-19; the lecture's stage outputs for ResNet-50.
+DEFAULT_LAYERS = {
+    "vgg19": {"content": ("relu4_2",), "style": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")},
+    "resnet50": {"content": ("layer2",), "style": ("stem", "layer1", "layer2", "layer3", "layer4")},
+}
+
+
+class _Trunk(nn.Module):
+    """Runs only ``forward_features`` so that tracing never reaches the classifier head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+class LossNetwork(nn.Module):
+    """Frozen feature extractor: images in [0, 1] -> dict of named feature maps.
+
+    Input: float tensor (B, 3, H, W) in [0, 1]. ImageNet normalisation happens inside.
+    Output: ``{layer_name: (B, C, H / r, W / r)}`` for every tap in ``self.layers``.
+    Always in eval mode with ``requires_grad=False`` parameters; gradients still flow to
+    the input, which is what the teacher optimises.
+    """
+
+    def __init__(self, *, backbone: str, model: nn.Module, layers: dict[str, str], weights_description: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        #: Human-readable provenance of the weights, e.g. "random (seed 0)". Every output
+        #: that used this network records it.
+        self.weights_description = weights_description
+        self.is_random = weights_description.startswith("random")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        return_nodes = {f"model.{node}": name for name, node in layers.items()}
+        self.extractor = create_feature_extractor(_Trunk(model), return_nodes=return_nodes)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "LossNetwork":
+        # Frozen means frozen: batch-norm statistics must never update, whatever a
+        # surrounding training loop asks for.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        normalised = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return self.extractor(normalised)
+
+    def channels(self) -> dict[str, int]:
+        """Channel count of every tap, measured with a tiny forward pass."""
+        probe = torch.zeros(1, 3, 64, 64, device=self.mean.device)
+        with torch.no_grad():
+            return {name: feature.shape[1] for name, feature in self(probe).items()}
+
+
+def build_loss_network(
+    backbone: str = "vgg19",
+    *,
+    weights: str = "pretrained",
+    layers: tuple[str, ...] | list[str] | None = None,
+    seed: int = 0,
+    pooling: str = "max",
+    device: str | torch.device = "cpu",
+) -> LossNetwork:
+    """Create a frozen loss network.
+
+    ``backbone``: ``vgg19``, ``resnet50`` or any timm model name. ``layers``: tap names
+    (Gatys names such as ``relu4_2`` for VGG-19, ``stem``/``layer1``..``layer4`` for
+    ResNet-50) or raw graph node names (``features.21``, ``layer3.2.act3``); ``None``
+    takes the backbone's default content and style taps. ``weights``: ``pretrained``
+    (timm's normal download and cache), ``random`` (seeded with ``seed``; for tests and
+    offline use only) or a path to a ``.safetensors`` or torch state-dict file.
+    ``pooling``: ``max`` or ``avg`` (Gatys et al. found average pooling gives smoother
+    results); only VGG-style max-pool layers are replaced.
+    """
+    model, description, loaded_keys = _create_backbone(backbone, weights=weights, seed=seed)
+    if pooling == "avg":
+        _replace_max_pooling(model)
+    elif pooling != "max":
+        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            # An in-place ReLU would overwrite a tapped conv output before we read it.
+            module.inplace = False
+    if layers is None:
+        defaults = DEFAULT_LAYERS.get(backbone)
+        if defaults is None:
+            raise ValueError(f"backbone {backbone!r} has no default taps; pass layers explicitly")
+        layers = tuple(dict.fromkeys(defaults["content"] + defaults["style"]))
+    node_map = resolve_layers(backbone, model, layers)
+    network = LossNetwork(backbone=backbone, model=model, layers=node_map, weights_description=description)
+    if loaded_keys is not None:
+        _check_needed_weights_present(network, Path(weights), loaded_keys)
+    return network.to(device)
+
+
+def resolve_layers(backbone: str, model: nn.Module, layers: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Map each requested tap to a graph node name of ``model``'s feature trunk."""
+    named = NAMED_LAYERS.get(backbone, {})
+    available: list[str] | None = None
+    node_map: dict[str, str] = {}
+    for layer in layers:
+        if layer in named:
+            node_map[layer] = named[layer][0]
+            continue
+        if available is None:
+            _, eval_nodes = get_graph_node_names(_Trunk(model))
+            available = [n.removeprefix("model.") for n in eval_nodes]
+        if layer not in available:
+            hint = f"named taps: {', '.join(named)}" if named else f"graph nodes such as {', '.join(available[1:6])}"
+            raise ValueError(f"unknown layer {layer!r} for backbone {backbone!r}; {hint}")
+        node_map[layer] = layer
+    return node_map
+
+
+def documented_layer_info(backbone: str, layer: str) -> LayerInfo:
+    """Channels and reduction of a named tap (see ``NAMED_LAYERS``)."""
+    return NAMED_LAYERS[backbone][layer][1]
+
+
+def save_loss_network_weights(network: LossNetwork, path: str | os.PathLike) -> Path:
+    """Write the backbone's weights to a ``.safetensors`` file that ``weights=PATH`` reads."""
+    from safetensors.torch import save_file
+
+    from distill.fileio import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in network.extractor.model.state_dict().items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"backbone": network.backbone})
+    return path
+
+
+def _create_backbone(backbone: str, *, weights: str, seed: int) -> tuple[nn.Module, str, set[str] | None]:
+    """The timm model, a description of its weights, and the keys a weights file held."""
+    if weights == "pretrained":
+        name = PRETRAINED_TAGS.get(backbone, backbone)
+        try:
+            model = _create_pretrained(name)
+        except Exception as exc:  # network, hub and cache errors come in many types
+            raise WeightsUnavailableError(
+                f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}: {_first_line(exc)}). "
+                "Offline, use --weights random (seeded random weights: the pipeline runs, but results are "
+                "not real stylisation) or --weights PATH (a local .safetensors or torch state-dict file)."
+            ) from None
+        return model.eval(), f"pretrained ({name})", None
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(backbone, pretrained=False)
+        return model.eval(), f"random (seed {seed}) - NOT pretrained: losses measure nothing meaningful about style", None
+    path = Path(weights)
+    if not path.exists():
+        raise WeightsFileError(
+            f"--weights {weights!r}: no such file; use 'pretrained', 'random' or a path to a weights file"
+        )
+    model = timm.create_model(backbone, pretrained=False)
+    state = load_state_dict_file(path)
+    _check_shapes(model, state, path)
+    model.load_state_dict(state, strict=False)  # the classifier head may be absent; the trunk is checked later
+    return model.eval(), f"file ({path.name})", set(state)
+
+
+def _create_pretrained(name: str) -> nn.Module:
+    """timm's normal download, but without a minute of retries when the hub is unreachable."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(pretrained_cfg, "hf_hub_id", None)
+    if repo:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(repo, filename)
+            if isinstance(cached, str):
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
+        if not _reachable(constants.ENDPOINT):
+            raise ConnectionError(f"{constants.ENDPOINT} is unreachable and {repo} is not in the local cache")
+    return timm.create_model(name, pretrained=True)
+
+
+def _reachable(url: str, *, timeout: float = 5.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file, never unpickling code."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsFileError(f"{path}: not a readable weights file ({type(exc).__name__}: {_first_line(exc)})") from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsFileError(f"{path}: does not hold a state dict of tensors")
+    # Checkpoints saved from DataParallel / DDP prefix every key with "module.".
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    for key, tensor in state.items():
+        if key in own and own[key].shape != tensor.shape:
+            raise WeightsFileError(
+                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the backbone expects {tuple(own[key].shape)}"
+            )
+
+
+def _check_needed_weights_present(network: LossNetwork, path: Path, loaded_keys: set[str]) -> None:
+    needed = [k.removeprefix("model.") for k in network.extractor.state_dict()]
+    absent = [k for k in needed if k not in loaded_keys]
+    if absent:
+        raise WeightsFileError(
+            f"{path}: lacks {len(absent)} of the {len(needed)} tensors the loss network needs "
+            f"(first: {absent[0]!r}); is it a {network.backbone} checkpoint?"
+        )
+
+
+def _replace_max_pooling(model: nn.Module) -> None:
+    for name, module in list(model.named_children()):
+        if isinstance(module, nn.MaxPool2d):
+            setattr(model, name, nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode))
+        else:
+            _replace_max_pooling(module)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
