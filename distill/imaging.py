@@ -55,17 +55,14 @@ def load_image(
         with _pixel_limit(max_pixels), Image.open(path) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageLoadError(
-                    f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP exceeds the limit of "
-                    f"{max_pixels / 1e6:.0f} MP (decompression-bomb guard)"
-                )
+                raise ImageLoadError(f"{path}: {width}x{height} pixels {_over_limit(max_pixels)}")
             img.load()
             img = ImageOps.exif_transpose(img)
             array = _to_rgb_float(img)
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: too large to decode safely ({exc})") from None
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"{path}: {_over_limit(max_pixels)}") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file, or a format that cannot be read") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -167,6 +164,10 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
             yield
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def _over_limit(max_pixels: int | None) -> str:
+    return f"exceeds the limit of {max_pixels:,} pixels (decompression-bomb guard; pass max_pixels=None to lift it)"
 
 
 def _pil_format(path: Path) -> str:

@@ -196,7 +196,11 @@ def documented_layer_info(backbone: str, layer: str) -> LayerInfo:
 
 
 def save_loss_network_weights(network: LossNetwork, path: str | os.PathLike) -> Path:
-    """Write the backbone's weights to a ``.safetensors`` file that ``weights=PATH`` reads."""
+    """Write the weights this network uses (the trunk up to its deepest tap) to ``.safetensors``.
+
+    ``build_loss_network(backbone, weights=PATH, layers=...)`` reads it back for the same
+    or shallower taps.
+    """
     from safetensors.torch import save_file
 
     from distill.fileio import atomic_path

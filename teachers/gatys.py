@@ -90,8 +90,12 @@ def stylize(
     # oneDNN picks convolution algorithms by batch size, so on the CPU a batched run
     # would drift from single-image runs after a few L-BFGS steps; PyTorch's native CPU
     # convolutions are batch-invariant and, measured at 256 px, no slower per image.
-    with torch.backends.mkldnn.flags(enabled=False):
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
         return _stylize(criterion, content, config=config, style_image=style_image, progress=progress)
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def _stylize(
@@ -193,3 +197,41 @@ def _record(trace: dict[str, list[float]], terms, index: int, scale_index: int) 
     for name in ("total", "content", "style", "tv"):
         trace[name].append(float(getattr(terms, name)[index].detach()))
     trace["scale"].append(scale_index)
+
+
+def stylize_file(
+    content_path: str,
+    style_paths: list[str],
+    *,
+    config: TeacherConfig,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Stylise one content file with the style file(s): returns the image (3, H, W) and a report dict.
+
+    The report holds the loss trace, the final terms, seconds, iterations run, why the
+    optimisation stopped, which weights the loss network had, and the resolved config.
+    """
+    from distill.config import to_dict
+    from distill.criterion import build_criterion
+    from distill.imaging import load_image
+
+    # Every input is read before any work, so a bad style file fails in a second, not after minutes.
+    styles = [load_image(path) for path in style_paths]
+    content = resize_image(load_image(content_path), long_side=config.size).unsqueeze(0).to(device)
+    criterion = build_criterion(config.criterion, styles, device=device)
+    result = stylize(criterion, content, config=config, style_image=styles[0].to(device), progress=progress)
+    report = {
+        "content": str(content_path),
+        "styles": [str(path) for path in style_paths],
+        "size": list(result.images.shape[-2:]),
+        "weights": result.weights,
+        "device": str(device),
+        "seconds": result.seconds,
+        "iterations_run": result.iterations_run[0],
+        "stop_reason": result.stop_reasons[0],
+        "final": result.final[0],
+        "trace": result.traces[0],
+        "config": to_dict(config),
+    }
+    return result.images[0], report

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random-weight criteria and generated images (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.criterion import CriterionConfig, build_criterion
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def style_image() -> torch.Tensor:
+    """A 48 px style image with stripes, so that its Grams are not trivial."""
+    generator = torch.Generator().manual_seed(1)
+    y = torch.linspace(0, 6.28 * 4, 48)
+    stripes = torch.sin(y[:, None] + y[None, :]) * 0.5 + 0.5
+    return (torch.stack([stripes, stripes.flip(0), 1 - stripes]) * 0.8 + 0.2 * torch.rand(3, 48, 48, generator=generator)).clamp(0, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> CriterionConfig:
+    return CriterionConfig(weights="random", style_size=48)
+
+
+@pytest.fixture(scope="session")
+def vgg_criterion(tiny_config, style_image):
+    """Random-weight VGG-19 criterion; shared because building the network takes seconds."""
+    return build_criterion(tiny_config, [style_image])
