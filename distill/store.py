@@ -16,6 +16,8 @@ On-disk layout (all paths below are relative to the store root, so a store can b
     contents/<content_hash>_<size>.png          8-bit PNG of the exact content tensor the teacher
                                                 started from, at the teacher's size (long side)
     targets/<config_hash>/<content_hash>.png    8-bit PNG of the teacher's result
+    traces/<config_hash>/<content_hash>.json    the teacher's loss trace (kept out of the manifest so
+                                                that listing 100k entries stays fast)
     manifest/<config_hash>/<writer>.jsonl       one JSON line per finished target; one file per
                                                 writer process (<writer> = <shard>-<pid>-<uuid>)
     locks/<config_hash>/<content_hash>.lock     empty files for advisory locks (fcntl.flock) that keep
@@ -28,7 +30,8 @@ changed config (another style, size, weights, ...) makes new targets beside the 
 
 Crash safety: every PNG is written to a temporary name and renamed into place
 (:func:`distill.fileio.atomic_path`); a manifest line is appended (write, flush, fsync) only
-after its target and content PNGs are in place, so "has a manifest line" means "finished".
+after its target and content PNGs and its trace are in place, so "has a manifest line"
+means "finished".
 Each writer process appends to its own manifest file and never reopens another's, so
 concurrent writers cannot clobber each other and a line torn by ``kill -9`` can only be a
 file's last one; readers ignore it (that target counts as unfinished and is recomputed).
@@ -205,7 +208,8 @@ class TargetStore:
         if root.exists() and not (root / "store.json").exists():
             if not root.is_dir():
                 raise StoreError(f"{root}: exists and is not a folder")
-            if any(root.iterdir()):
+            # A concurrent creator's half-written marker (".store.json.tmp.*") does not make the folder foreign.
+            if any(not p.name.startswith(".store.json.tmp.") for p in root.iterdir()):
                 raise StoreError(f"{root}: folder is not empty and is not a target store; choose an empty or new folder")
         if not (root / "store.json").exists():
             write_json_atomic(root / "store.json", {"format": FORMAT_NAME, "version": FORMAT_VERSION})
@@ -325,21 +329,23 @@ class TargetStore:
 
     # ------------------------------------------------------------------ entries
 
-    def entries(self, config_hash: str | None = None) -> list[TargetEntry]:
+    def entries(self, config_hash: str | None = None, *, traces: bool = True) -> list[TargetEntry]:
         """Finished entries of ``config_hash``, one per content (the latest record wins), sorted by content hash.
 
-        An entry whose files were deleted afterwards is still listed; :meth:`verify` finds it.
+        ``traces=False`` leaves ``TargetEntry.trace`` empty instead of reading one small
+        file per entry (what :class:`TargetPairs` does). An entry whose files were deleted
+        afterwards is still listed (with an empty trace if that was lost); :meth:`verify` finds it.
         """
-        return self._entries(self.resolve_config(config_hash), torn=None)
+        return self._entries(self.resolve_config(config_hash), torn=None, traces=traces)
 
-    def _entries(self, config_hash: str, *, torn: list[int] | None) -> list[TargetEntry]:
+    def _entries(self, config_hash: str, *, torn: list[int] | None, traces: bool = True) -> list[TargetEntry]:
         latest: dict[str, dict[str, Any]] = {}
         for record in self.read_manifest(config_hash, torn=torn):
             previous = latest.get(record["key"])
             # A target recomputed after its file was lost has a newer record.
             if previous is None or record.get("created", 0.0) >= previous.get("created", 0.0):
                 latest[record["key"]] = record
-        entries = [self._entry(record) for record in latest.values()]
+        entries = [self._entry(record, traces=traces) for record in latest.values()]
         return sorted(entries, key=lambda e: e.content_hash)
 
     def read_manifest(self, config_hash: str, *, torn: list[int] | None = None) -> Iterator[dict[str, Any]]:
@@ -357,7 +363,7 @@ class TargetStore:
         """Keys with a manifest record (no file checks)."""
         return {record["key"] for record in self.read_manifest(config_hash)}
 
-    def _entry(self, record: dict[str, Any]) -> TargetEntry:
+    def _entry(self, record: dict[str, Any], *, traces: bool) -> TargetEntry:
         return TargetEntry(
             key=record["key"],
             content_path=record["content_path"],
@@ -367,7 +373,7 @@ class TargetStore:
             content_image_path=self.root / record["content_image"],
             target_path=self.root / record["target"],
             final={k: float(v) for k, v in record["final"].items()},
-            trace={k: list(v) for k, v in record["trace"].items()},
+            trace=self._read_trace(record) if traces else {},
             iterations_run=int(record["iterations_run"]),
             seconds=float(record["seconds"]),
             batch_size=int(record["batch_size"]),
@@ -379,10 +385,20 @@ class TargetStore:
             created=float(record.get("created", 0.0)),
         )
 
+    def _read_trace(self, record: dict[str, Any]) -> dict[str, list[float]]:
+        try:
+            data = json.loads((self.root / record["trace"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {k: list(v) for k, v in data.items()}
+
     # ------------------------------------------------------------------ paths used by writers
 
     def target_file(self, config_hash: str, content_hash: str) -> Path:
         return self.root / "targets" / config_hash / f"{content_hash}.png"
+
+    def trace_file(self, config_hash: str, content_hash: str) -> Path:
+        return self.root / "traces" / config_hash / f"{content_hash}.json"
 
     def content_file(self, content_hash: str, size: int) -> Path:
         return self.root / "contents" / f"{content_hash}_{size}.png"
@@ -417,18 +433,19 @@ class TargetStore:
                 if problem:
                     report.problems.append(VerifyProblem(problem, "style image", path, style["hash"][:16]))
             torn: list[int] = []
-            entries = self._entries(config_hash, torn=torn)
+            entries = self._entries(config_hash, torn=torn, traces=False)
             report.torn_lines += torn[0]
             report.entries += len(entries)
             for entry in tqdm(entries, desc=f"verify {config_hash[:8]}", unit="entry", disable=not progress):
                 for what, path, digest in (
                     ("target", entry.target_path, entry.target_sha256),
                     ("content image", entry.content_image_path, entry.content_image_sha256),
+                    ("trace", self.trace_file(entry.config_hash, entry.content_hash), ""),
                 ):
                     problem = _check_file(path, digest, checked)
                     if problem:
                         report.problems.append(VerifyProblem(problem, what, path, entry.key))
-        for folder in ("styles", "contents", "targets", "configs"):
+        for folder in ("styles", "contents", "targets", "traces", "configs"):
             base = self.root / folder
             if base.is_dir():
                 report.temp_files.extend(sorted(p for p in base.rglob(".*.tmp.*") if p.is_file()))
@@ -470,7 +487,7 @@ class TargetPairs(torch.utils.data.Dataset):
         self.size = size
         self.config_hash = store.resolve_config(config_hash)
         self.heldout_fraction = heldout_fraction
-        all_entries = store.entries(self.config_hash)
+        all_entries = store.entries(self.config_hash, traces=False)
         heldout = heldout_keys(all_entries, heldout_fraction)
         if split == "all":
             self.entries = all_entries

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ import torch
 
 from distill.criterion import StyleCriterion
 from distill.criterion import build_criterion as build_style_criterion
-from distill.fileio import sha256_file
+from distill.fileio import sha256_file, write_text_atomic
 from distill.imaging import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, resize_image, save_image
 from distill.lossnet import LossNetwork, build_loss_network
 from distill.store import (
@@ -203,6 +204,8 @@ def generate_targets(
     shard_index, shard_count = shard
     if shard_count < 1 or not 0 <= shard_index < shard_count:
         raise GenerationInputError(f"shard {shard_index}/{shard_count}: need 0 <= i < n")
+    if teacher_config.size < MIN_SIDE:
+        raise GenerationInputError(f"--size {teacher_config.size}: the teacher needs at least {MIN_SIDE} px")
     device = resolve_device(device)
     weights = teacher_config.criterion.weights
     if weights not in ("pretrained", "random") and not Path(weights).is_file():
@@ -225,6 +228,9 @@ def generate_targets(
         files = list_images(content_dir)
     except FileNotFoundError:
         raise GenerationInputError(f"content folder {content_dir} does not exist") from None
+    store_dir = Path(store_root).resolve()
+    # A store inside the content folder must not feed its own PNGs back in as contents.
+    files = [f for f in files if not f.resolve().is_relative_to(store_dir)]
     if not files:
         suffixes = " ".join(IMAGE_SUFFIXES)
         raise GenerationInputError(f"content folder {content_dir} has no image files ({suffixes})")
@@ -270,10 +276,11 @@ def generate_targets(
     summary.in_shard = len(items) + len(summary.bad)
 
     reader = ManifestReader(store.manifest_dir(config_hash))
+    # A recorded target whose files were deleted (e.g. after --verify found them corrupt) is redone.
     finished = {
         r["content_hash"]
         for r in reader.read_new()
-        if (store.root / r["target"]).is_file() and (store.root / r["content_image"]).is_file()
+        if all((store.root / r[name]).is_file() for name in ("target", "content_image", "trace"))
     }
     pending = [item for item in items if item.content_hash not in finished]
     summary.present = len(items) - len(pending)
@@ -471,9 +478,11 @@ class _Run:
             self._advance(1)
 
     def _record(self, item: _Content, result: gatys.TeacherResult, index: int, seconds: float, batch: int) -> None:
-        """Target PNG into place, then (and only then) its manifest line."""
+        """Target PNG and trace into place, then (and only then) the manifest line."""
         target = self.store.target_file(self.config_hash, item.content_hash)
         save_image(result.images[index], target)
+        trace = self.store.trace_file(self.config_hash, item.content_hash)
+        write_text_atomic(trace, json.dumps(result.traces[index], separators=(",", ":")))
         content_copy = self.store.content_file(item.content_hash, self.config.size)
         self.writer.append(
             {
@@ -490,7 +499,7 @@ class _Run:
                 "height": int(result.images.shape[-2]),
                 "width": int(result.images.shape[-1]),
                 "final": result.final[index],
-                "trace": result.traces[index],
+                "trace": trace.relative_to(self.store.root).as_posix(),
                 "iterations_run": result.iterations_run[index],
                 "stop_reason": result.stop_reasons[index],
                 "seconds": seconds,
@@ -609,7 +618,7 @@ def _path_hash(text: str) -> str:
 
 def _remove_stale_temp_files(store: TargetStore, config_hash: str) -> None:
     cutoff = time.time() - STALE_TEMP_SECONDS
-    for folder in (store.root / "targets" / config_hash, store.root / "contents"):
+    for folder in (store.root / "targets" / config_hash, store.root / "traces" / config_hash, store.root / "contents"):
         if not folder.is_dir():
             continue
         for path in folder.glob(".*.tmp.*"):

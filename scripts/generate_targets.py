@@ -14,7 +14,6 @@ Exit codes: 0 done, 1 some targets failed (or --verify found problems), 2 bad in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -90,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.ok else 1
         if args.content_dir is None or not args.style:
             raise GenerationInputError("--content-dir and at least one --style are required (or use --verify)")
-        config = teacher_config_from_args(args)
+        try:
+            config = teacher_config_from_args(args)
+        except (TypeError, ValueError) as exc:
+            raise GenerationInputError(f"invalid teacher options: {exc}") from None
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (0, 1))
         summary = generate_targets(
             content_dir=args.content_dir,
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             progress=not args.quiet,
         )
-    except (GenerationInputError, StoreError, WeightsFileError, WeightsUnavailableError, ValueError) as exc:
+    except (GenerationInputError, StoreError, WeightsFileError, WeightsUnavailableError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     for line in summary.lines():

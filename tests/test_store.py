@@ -77,6 +77,7 @@ def mtimes(store: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in store.glob("targets/*/*.png")}
 
 
+@pytest.mark.slow
 def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys):
     contents = make_contents(tmp_path / "c", 4)
     out = tmp_path / "store"
@@ -114,6 +115,7 @@ def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys)
         assert set(entry.final) == {"total", "content", "style", "tv"}
         assert len(entry.trace["total"]) == entry.iterations_run + 1 == 4
         assert entry.seconds > 0 and entry.batch_size == 2 and entry.device == "cpu" and "random" in entry.weights
+    assert all(e.trace == {} for e in store.entries(traces=False))  # the cheap listing TargetPairs uses
     # The store's criterion is exactly the teacher's: same style targets, same objective.
     rebuilt = store.build_criterion()
     reference = build_criterion(config.criterion, [load_image(style)], network=rebuilt.network)
@@ -350,3 +352,8 @@ def test_not_a_store(tmp_path, style):
         TargetStore(tmp_path / "missing")
     with pytest.raises(StoreError, match="not empty"):
         TargetStore.open_or_create(tmp_path / "x", teacher_config=TeacherConfig(), style_paths=[style])
+    # A concurrent creator's temporary marker is not foreign content.
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / ".store.json.tmp.abc.json").write_text("{")
+    store, config_hash = TargetStore.open_or_create(tmp_path / "y", teacher_config=TeacherConfig(), style_paths=[style])
+    assert store.config_hashes() == [config_hash] and store.entries() == []
