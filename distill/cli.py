@@ -16,12 +16,14 @@ from distill.criterion import CriterionConfig
 from teachers.gatys import INIT_CHOICES, TeacherConfig
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bool = True) -> None:
     """The Gatys teacher's options, the same for every script that runs the teacher."""
     defaults = TeacherConfig()
     criterion = defaults.criterion
     group = parser.add_argument_group("teacher")
-    group.add_argument("--style", action="append", required=True, metavar="IMG", help="style image; repeat to blend several")
+    group.add_argument(
+        "--style", action="append", required=style_required, default=[], metavar="IMG", help="style image; repeat to blend several"
+    )
     group.add_argument("--style-weights", type=_float_list, metavar="W1,W2", help="relative weight of each --style (default equal)")
     group.add_argument("--size", type=int, default=defaults.size, help="long side of the result in pixels (default %(default)s)")
     group.add_argument("--style-size", type=int, default=criterion.style_size, help="long side of the style image(s) (default %(default)s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from distill.config import replace as config_replace
 import importlib.util
 import json
 import os
@@ -82,7 +83,7 @@ def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys)
     contents = make_contents(tmp_path / "c", 4)
     out = tmp_path / "store"
     config = TeacherConfig(
-        size=32, iterations=3, criterion=GENERATE.replace(TeacherConfig().criterion, weights="random", style_size=32)
+        size=32, iterations=3, criterion=config_replace(TeacherConfig().criterion, weights="random", style_size=32)
     )
     seen: list[torch.Tensor] = []
     real = teachers.gatys.stylize
