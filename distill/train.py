@@ -162,8 +162,13 @@ class NonFiniteLossError(RuntimeError):
             if last_checkpoint_step is not None
             else "no checkpoint had been written yet"
         )
+        what = (
+            f"the student's weights became non-finite in the update of step {step}"
+            if term == "weights"
+            else f"non-finite loss at step {step}: term {term!r} = {value}"
+        )
         super().__init__(
-            f"non-finite loss at step {step}: term {term!r} = {value}; training stopped, {kept}. "
+            f"{what}; training stopped, {kept}. "
             "Lower lr, raise warmup_steps, set grad_clip or use precision fp32/bf16."
         )
         self.step = step
@@ -196,14 +201,14 @@ def resolve_config(
     resume: bool = False,
 ) -> TrainConfig:
     """Defaults, then the YAML ``config_file`` (or, when resuming without one, the run's
-    saved config), then ``overrides`` (dotted keys not needed: TrainConfig is flat)."""
+    saved config), then ``overrides`` (field -> value; TrainConfig is flat)."""
     data: dict[str, Any] = {}
     if config_file is not None:
         data = load_yaml(config_file)
     elif resume and run_dir is not None:
         data = _saved_config(Path(run_dir)) or {}
     config = from_dict(TrainConfig, data)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = dict(overrides or {})  # an explicit None is a value (e.g. config_hash: null)
     if overrides:
         coerced = from_dict(TrainConfig, {**to_dict(config), **overrides})
         config = replace(config, **{k: getattr(coerced, k) for k in overrides})
@@ -670,7 +675,7 @@ class _RunFiles:
             # Records past the resumed step belong to a run that died before its next checkpoint.
             kept = [
                 line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= start_step
+                if _record_step(line) <= start_step
             ]
             write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
@@ -678,12 +683,8 @@ class _RunFiles:
     def record(self, step: int, kind: str, values: Mapping[str, float]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
-        prefix = {"train": "train", "heldout": "heldout"}.get(kind, kind)
         for name, value in values.items():
-            if name in ("lr", "images_per_sec"):
-                self.writer.add_scalar(name, value, step)
-            else:
-                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+            self.writer.add_scalar(name if name in ("lr", "images_per_sec") else f"{kind}/{name}", value, step)
 
     def image(self, step: int, grid: torch.Tensor) -> None:
         from distill.imaging import save_image
@@ -694,6 +695,14 @@ class _RunFiles:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a blank or torn line (dropped)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _checkpoint_paths(run_dir: Path) -> dict[str, Path]:
@@ -775,7 +784,7 @@ def train(
             student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-        start_step, best = 0, None
+        start_step, best, latest_eval = 0, None, None
         if state is not None:
             student.load_state_dict(state["model"])
             _apply_freeze(student, config, state["step"] + 1)
@@ -784,6 +793,7 @@ def train(
             _set_rng_state(state["rng"])
             start_step = int(state["step"])
             best = dict(state["best"]) or None
+            latest_eval = dict(state.get("latest_eval", {})) or None
         student.train()
 
         files = _RunFiles(run_dir, start_step=start_step) if dist_info.main else None
@@ -869,28 +879,32 @@ def train(
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['objective']:.4g}", img_s=f"{rate:.1f}")
 
-                if dist_info.main and (step % config.image_interval == 0 or step == config.steps) and preview:
+                last = step == config.steps
+                writes = [step % interval == 0 or last for interval in
+                          (config.image_interval, config.eval_interval, config.checkpoint_interval)]
+                if any(writes) and not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+                    # A finite loss can still produce an inf gradient; never save what it did.
+                    raise NonFiniteLossError(step, "weights", math.nan, last_saved_step)
+                if dist_info.main and writes[0] and preview:
                     files.image(step, sample_grid(student, preview, luminance_only=criterion.luminance_only, device=device))
                 evaluated = None
-                if dist_info.main and (step % config.eval_interval == 0 or step == config.steps):
+                if dist_info.main and writes[1]:
                     evaluated = evaluate(student, criterion, eval_pairs, config=config, device=device, teacher_cache=teacher_cache)
-                    evaluations.append({"step": step, **evaluated})
+                    latest_eval = {"step": step, **evaluated}
+                    evaluations.append(latest_eval)
                     files.record(step, eval_split if eval_split == "heldout" else "train_eval", evaluated)
                     _write(bar, f"step {step}: {eval_split} criterion {evaluated['total']:.5g} "
                                 f"(teacher {evaluated.get('teacher_total', float('nan')):.5g})")
                     if best is None or evaluated["total"] < best["total"]:
                         best = {"step": step, "total": evaluated["total"]}
                         save_student(student, paths["best"], extra={**extra_base, "step": step, "kind": "best",
-                                                                    "heldout": evaluated, "best": best})
-                if step % config.checkpoint_interval == 0 or step == config.steps:
+                                                                    "heldout": latest_eval, "best": best})
+                if writes[2]:
                     if dist_info.main:
-                        extra = {**extra_base, "step": step, "kind": "last", "best": best}
-                        if evaluated is not None:
-                            extra["heldout"] = evaluated
-                        elif evaluations:
-                            extra["heldout"] = {**evaluations[-1]}
+                        # "heldout": the latest evaluation, with its own "step" (may precede this one).
+                        extra = {**extra_base, "step": step, "kind": "last", "best": best, "heldout": latest_eval}
                         save_student(student, paths["last"], extra=extra)
-                        _save_state(paths["state"], student, optimizer, scaler, config, step, best, lr)
+                        _save_state(paths["state"], student, optimizer, scaler, config, step, best, lr, latest_eval)
                     last_saved_step = step
                     _barrier(dist_info)
         finally:
@@ -936,7 +950,7 @@ def _wrap(student: nn.Module, config: TrainConfig, dist_info: _Dist, device: tor
 
 
 def _save_state(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                config: TrainConfig, step: int, best: dict | None, lr: float) -> None:
+                config: TrainConfig, step: int, best: dict | None, lr: float, latest_eval: dict | None) -> None:
     state = {
         "format": STATE_FORMAT,
         "step": step,
@@ -946,6 +960,7 @@ def _save_state(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer
         "scaler": scaler.state_dict(),
         "rng": _rng_state(),
         "best": best or {},
+        "latest_eval": latest_eval or {},
         "config": to_dict(config),
     }
     with atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import distill.train as train_module
+from distill.color import rgb_to_yiq, yiq_to_rgb
 from distill.config import from_dict, replace, to_dict
 from distill.criterion import CriterionConfig
 from distill.store import TargetPairs, TargetStore
@@ -148,7 +149,7 @@ def test_crop_is_shared_by_content_and_target_and_small_images_grow():
 def test_config_layers_yaml_then_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("lr: 0.002\ndistill_kind: pixel_l1\nsteps: 7\nbetas: [0.5, 0.9]\n")
-    config = resolve_config(config_file=path, overrides={"lr": 0.003, "batch_size": 8, "seed": None})
+    config = resolve_config(config_file=path, overrides={"lr": 0.003, "batch_size": 8})
     assert (config.lr, config.steps, config.batch_size, config.seed) == (0.003, 7, 8, 0)
     assert config.distill_kind == ("pixel_l1",) and config.betas == (0.5, 0.9)
     assert from_dict(TrainConfig, to_dict(config)) == config
@@ -176,6 +177,21 @@ def test_objective_reuses_features_without_changing_them(store):
     (grad,) = torch.autograd.grad(objective, output)
     assert grad.abs().sum() > 0
     assert all(float(v.max()) == 0 for v in distill_terms(criterion, target, target, config.distill_kind).values())
+
+
+def test_colour_preserving_store_distills_luminance_only(store):
+    criterion = store.build_criterion()
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    yiq = rgb_to_yiq(target)
+    recoloured = yiq_to_rgb(torch.cat([yiq[:, :1], yiq[:, 1:].flip(1) * 0.5], dim=1))  # same Y, other chroma
+    kinds = ("pixel_l1", "pixel_l2", "feature")
+    assert all(float(v.max()) > 1e-4 for v in distill_terms(criterion, recoloured, target, kinds).values())
+    criterion.luminance_only = True  # what build_criterion sets for a luminance_only teacher config
+    try:
+        for kind, value in distill_terms(criterion, recoloured, target, kinds).items():
+            assert float(value.max()) < 1e-6, kind
+    finally:
+        criterion.luminance_only = False
 
 
 # --------------------------------------------------------------------------- training runs
@@ -269,8 +285,32 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(store, store_root, 
     assert torch.load(run / "checkpoints" / "last_state.pt", weights_only=True)["step"] == 2
     assert [r["step"] for r in records(run)] == [1, 2, 3]
     load_student(run / "checkpoints" / "last.safetensors")
+    # The run resumes from the last good checkpoint with only --out: its config comes from the run.
+    code = script.main(["--out", str(run), "--resume", "--steps", "4", "--no-progress", "--set", "fault_nonfinite_step=null"])
+    assert code == 0, capsys.readouterr().err
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    assert read_student_metadata(run / "checkpoints" / "last.safetensors")["extra"]["step"] == 4
     with pytest.raises(NonFiniteLossError, match="step 3"):
         train(tiny(store_root, steps=3, fault_nonfinite_step=3), tmp_path / "other", store=store, progress=False)
+
+
+def test_nonfinite_weights_are_never_saved(store, store_root, tmp_path, monkeypatch):
+    calls = []
+    original = train_module.backward_step
+
+    def poisoned(objective, student, *args, **kwargs):
+        original(objective, student, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # a finite loss whose update still broke the weights
+            next(student.parameters()).data.fill_(float("nan"))
+
+    monkeypatch.setattr(train_module, "backward_step", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="weights became non-finite in the update of step 2.*step 1"):
+        train(tiny(store_root, steps=3, checkpoint_interval=1), run, store=store, progress=False)
+    assert read_student_metadata(run / "checkpoints" / "last.safetensors")["extra"]["step"] == 1
+    model, _ = load_student(run / "checkpoints" / "last.safetensors")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 
 def test_checkpoint_rebuilds_without_the_run_config(store, store_root, tmp_path):
