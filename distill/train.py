@@ -201,7 +201,8 @@ def resolve_config(
     resume: bool = False,
 ) -> TrainConfig:
     """Defaults, then the YAML ``config_file`` (or, when resuming without one, the run's
-    saved config), then ``overrides`` (field -> value; TrainConfig is flat)."""
+    saved config), then ``overrides`` (field -> value; TrainConfig is flat). ``targets``
+    is made absolute so that the run can be resumed from any working directory."""
     data: dict[str, Any] = {}
     if config_file is not None:
         data = load_yaml(config_file)
@@ -212,6 +213,8 @@ def resolve_config(
     if overrides:
         coerced = from_dict(TrainConfig, {**to_dict(config), **overrides})
         config = replace(config, **{k: getattr(coerced, k) for k in overrides})
+    if config.targets:
+        config = replace(config, targets=str(Path(config.targets).resolve()))
     return config
 
 
