@@ -1,0 +1,630 @@
+"""The teacher-target store: content images, their Gatys targets, and how they were made.
+
+Students learn from (content, teacher target) pairs. Producing a target costs minutes of
+L-BFGS per image, so targets are generated once, by many processes if need be, and kept
+in a store that survives ``kill -9``, reruns and config changes. This module is the store
+and its read API; :mod:`distill.targets` fills it.
+
+On-disk layout (all paths below are relative to the store root, so a store can be moved)::
+
+    store.json                                  format marker and version
+    configs/<config_hash>.json                  one per teacher config: the TeacherConfig dict
+                                                (distill.config.to_dict), the style hashes, the
+                                                style copies' file names, original names and PNG hashes
+    styles/<style_hash>.png                     8-bit PNG copy of each style image (the teacher and
+                                                TargetStore.build_criterion both read this copy)
+    contents/<content_hash>_<size>.png          8-bit PNG of the exact content tensor the teacher
+                                                started from, at the teacher's size (long side)
+    targets/<config_hash>/<content_hash>.png    8-bit PNG of the teacher's result
+    manifest/<config_hash>/<writer>.jsonl       one JSON line per finished target; one file per
+                                                writer process (<writer> = <shard>-<pid>-<uuid>)
+    locks/<config_hash>/<content_hash>.lock     empty files for advisory locks (fcntl.flock) that keep
+                                                two overlapping writers off the same target
+
+Hashes: ``content_hash`` and ``style_hash`` are the SHA-256 of the original file bytes;
+``config_hash = sha256_json({"teacher": to_dict(config), "styles": style_hashes})``. A target
+is keyed by (config hash, content hash): rerunning a config skips finished targets, a
+changed config (another style, size, weights, ...) makes new targets beside the old ones.
+
+Crash safety: every PNG is written to a temporary name and renamed into place
+(:func:`distill.fileio.atomic_path`); a manifest line is appended (write, flush, fsync) only
+after its target and content PNGs are in place, so "has a manifest line" means "finished".
+Each writer process appends to its own manifest file and never reopens another's, so
+concurrent writers cannot clobber each other and a line torn by ``kill -9`` can only be a
+file's last one; readers ignore it (that target counts as unfinished and is recomputed).
+Temporary files (``.<name>.tmp.*``) are never read as targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from distill.config import from_dict, to_dict
+from distill.criterion import StyleCriterion
+from distill.criterion import build_criterion as _build_criterion
+from distill.fileio import sha256_file, sha256_json, write_json_atomic
+from distill.imaging import ImageLoadError, load_image, resize_image, save_image
+from teachers.gatys import TeacherConfig
+
+FORMAT_NAME = "distill-target-store"
+FORMAT_VERSION = 1
+#: Manifest record schema version (the ``"v"`` field of every line).
+RECORD_VERSION = 1
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StoreError(ValueError):
+    """The path is not a store, a config is unknown or ambiguous, or the store is inconsistent."""
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """One finished teacher target, as recorded in the manifest."""
+
+    key: str  # f"{config_hash[:16]}/{content_hash[:16]}", unique within a store
+    content_path: str  # the original content file as given to the generator (for humans)
+    content_hash: str  # sha256 of the original content file bytes
+    config_hash: str  # sha256_json({"teacher": to_dict(config), "styles": style_hashes})
+    style_hashes: tuple[str, ...]
+    content_image_path: Path  # absolute: 8-bit PNG of the exact content tensor the teacher started from
+    target_path: Path  # absolute: 8-bit PNG of the teacher's result, same (H, W) as the content image
+    final: dict[str, float]  # total/content/style/tv of the target
+    trace: dict[str, list[float]]  # the teacher's loss trace (TeacherResult.traces[i])
+    iterations_run: int
+    seconds: float  # teacher seconds per image (batch seconds / batch size)
+    batch_size: int
+    device: str
+    weights: str  # loss-network weights description (says "random" when random)
+    stop_reason: str = ""  # TeacherResult.stop_reasons[i]
+    content_image_sha256: str = ""  # sha256 of the content PNG when it was recorded
+    target_sha256: str = ""  # sha256 of the target PNG when it was recorded
+    created: float = 0.0  # unix time the entry was recorded
+
+
+@dataclass(frozen=True)
+class VerifyProblem:
+    """One missing or corrupt file found by :meth:`TargetStore.verify`."""
+
+    kind: str  # "missing" or "corrupt"
+    what: str  # "target", "content image", "style image" or "config"
+    path: Path
+    key: str = ""  # the entry's key, or the config/style hash
+
+    def line(self) -> str:
+        label = f" ({self.key})" if self.key else ""
+        return f"{self.kind} {self.what}: {self.path}{label}"
+
+
+@dataclass
+class VerifyReport:
+    """Result of :meth:`TargetStore.verify`."""
+
+    root: Path
+    configs: int = 0
+    entries: int = 0  # finished entries checked (after deduplication)
+    problems: list[VerifyProblem] = field(default_factory=list)
+    torn_lines: int = 0  # unreadable manifest lines (a writer killed mid-line); those targets count as unfinished
+    temp_files: list[Path] = field(default_factory=list)  # leftovers of killed writers; harmless, never read
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def missing(self) -> list[VerifyProblem]:
+        return [p for p in self.problems if p.kind == "missing"]
+
+    @property
+    def corrupt(self) -> list[VerifyProblem]:
+        return [p for p in self.problems if p.kind == "corrupt"]
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one problem per line, ending with a one-line verdict."""
+        out = [problem.line() for problem in self.problems]
+        if self.torn_lines:
+            out.append(f"note: {self.torn_lines} torn manifest line(s) ignored (a writer was killed; rerun to redo them)")
+        if self.temp_files:
+            out.append(f"note: {len(self.temp_files)} temporary file(s) left by killed writers (harmless, never read)")
+        verdict = "OK" if self.ok else f"{len(self.missing)} missing, {len(self.corrupt)} corrupt"
+        out.append(f"verify {self.root}: {self.configs} config(s), {self.entries} entries: {verdict}")
+        if not self.ok:
+            out.append("fix: delete the listed target/content files and rerun generate_targets to recompute them")
+        return out
+
+
+class TargetStore:
+    """Read access to a target store (see the module docstring for the layout).
+
+    Opening never modifies the store. Configs are immutable once registered and are
+    cached; entries are re-read from the manifests on every :meth:`entries` call, so a
+    reader sees targets added by running writers.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        marker = self.root / "store.json"
+        if not self.root.is_dir():
+            raise StoreError(f"{root}: no such target store (folder does not exist)")
+        if not marker.is_file():
+            raise StoreError(
+                f"{root}: not a target store (no store.json); create one with scripts/generate_targets.py --out {root}"
+            )
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{marker}: unreadable store marker ({exc})") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+            raise StoreError(f"{root}: store.json does not describe a {FORMAT_NAME}")
+        if info.get("version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{root}: store format version {info.get('version')!r}; this code reads version {FORMAT_VERSION}"
+            )
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"TargetStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def open_or_create(
+        cls,
+        root: str | os.PathLike,
+        *,
+        teacher_config: TeacherConfig,
+        style_paths: list[Path],
+    ) -> tuple["TargetStore", str]:
+        """Open (creating if needed) the store at ``root`` and register a teacher config.
+
+        Copies each style image into ``styles/`` as PNG and writes
+        ``configs/<config_hash>.json`` if absent. Safe to call from several processes at
+        once: every file is written atomically and has the same content in each process.
+        Returns ``(store, config_hash)``. Raises :class:`StoreError` if ``root`` is a
+        non-empty folder that is not a store, and :class:`distill.imaging.ImageLoadError`
+        for an unreadable style image (before anything is written).
+        """
+        root = Path(root)
+        if not style_paths:
+            raise StoreError("at least one style image is needed")
+        style_paths = [Path(p) for p in style_paths]
+        # Decode every style before writing anything, so a bad style leaves no trace.
+        styles = []
+        for path in style_paths:
+            image = load_image(path)  # ImageLoadError names the file and the reason
+            styles.append((path, sha256_file(path), image))
+        if root.exists() and not (root / "store.json").exists():
+            if not root.is_dir():
+                raise StoreError(f"{root}: exists and is not a folder")
+            if any(root.iterdir()):
+                raise StoreError(f"{root}: folder is not empty and is not a target store; choose an empty or new folder")
+        if not (root / "store.json").exists():
+            write_json_atomic(root / "store.json", {"format": FORMAT_NAME, "version": FORMAT_VERSION})
+        store = cls(root)
+
+        style_records = []
+        for path, style_hash, image in styles:
+            copy = store.root / "styles" / f"{style_hash}.png"
+            if not copy.exists():
+                save_image(image, copy)
+            style_records.append(
+                {
+                    "hash": style_hash,
+                    "file": copy.relative_to(store.root).as_posix(),
+                    "name": path.name,
+                    "png_sha256": sha256_file(copy),
+                    "size": list(image.shape[-2:]),
+                }
+            )
+        style_hashes = [record["hash"] for record in style_records]
+        config_hash = compute_config_hash(teacher_config, style_hashes)
+        config_file = store.root / "configs" / f"{config_hash}.json"
+        if not config_file.exists():
+            write_json_atomic(
+                config_file,
+                {
+                    "config_hash": config_hash,
+                    "teacher": to_dict(teacher_config),
+                    "styles": style_hashes,
+                    "style_files": style_records,
+                },
+            )
+        return store, config_hash
+
+    # ------------------------------------------------------------------ configs
+
+    def config_hashes(self) -> list[str]:
+        """Hashes of all registered teacher configs, sorted."""
+        folder = self.root / "configs"
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.json") if _HEX64.match(p.stem))
+
+    def resolve_config(self, config_hash: str | None = None) -> str:
+        """The full config hash for ``config_hash`` (full, or a unique prefix such as an entry key's first part).
+
+        ``None`` means the store's only config; :class:`StoreError` lists them when there are several.
+        """
+        hashes = self.config_hashes()
+        if config_hash is None:
+            if len(hashes) == 1:
+                return hashes[0]
+            if not hashes:
+                raise StoreError(f"{self.root}: the store has no teacher configs yet")
+            listing = "; ".join(f"{h[:16]} ({describe_config(self.teacher_config(h))})" for h in hashes)
+            raise StoreError(f"{self.root}: the store has {len(hashes)} teacher configs, pass config_hash=one of: {listing}")
+        matches = [h for h in hashes if h.startswith(config_hash)]
+        if len(matches) == 1 and config_hash:
+            return matches[0]
+        if not matches:
+            known = ", ".join(h[:16] for h in hashes) or "none"
+            raise StoreError(f"{self.root}: no teacher config {config_hash!r} in the store (known: {known})")
+        raise StoreError(f"{self.root}: config hash prefix {config_hash!r} is ambiguous")
+
+    def config_record(self, config_hash: str | None = None) -> dict[str, Any]:
+        """The raw ``configs/<hash>.json`` content, checked against its hash."""
+        config_hash = self.resolve_config(config_hash)
+        if config_hash not in self._configs:
+            path = self.root / "configs" / f"{config_hash}.json"
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: unreadable config record ({exc})") from None
+            recomputed = sha256_json({"teacher": record.get("teacher"), "styles": record.get("styles")})
+            if recomputed != config_hash:
+                raise StoreError(f"{path}: content does not match its hash (edited by hand?)")
+            self._configs[config_hash] = record
+        return self._configs[config_hash]
+
+    def teacher_config(self, config_hash: str | None = None) -> TeacherConfig:
+        """The :class:`TeacherConfig` that made the targets of ``config_hash``."""
+        return from_dict(TeacherConfig, self.config_record(config_hash)["teacher"])
+
+    def style_hashes(self, config_hash: str | None = None) -> tuple[str, ...]:
+        return tuple(self.config_record(config_hash)["styles"])
+
+    def style_paths(self, config_hash: str | None = None) -> list[Path]:
+        """Absolute paths of the store's style copies, in blend order."""
+        return [self.root / record["file"] for record in self.config_record(config_hash)["style_files"]]
+
+    def style_images(self, config_hash: str | None = None) -> list[torch.Tensor]:
+        """The style images (3, H, W) in [0, 1], read from the store's own copies, in blend order."""
+        images = []
+        for path in self.style_paths(config_hash):
+            try:
+                images.append(load_image(path))
+            except ImageLoadError as exc:
+                raise StoreError(f"style copy unreadable: {exc}") from None
+        return images
+
+    def build_criterion(
+        self,
+        config_hash: str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        weights: str | None = None,
+    ) -> StyleCriterion:
+        """Exactly the teacher's criterion for ``config_hash``.
+
+        ``weights`` replaces the loss-network weights source only when given, e.g. a local
+        weights file standing in for ``"pretrained"`` on an offline machine.
+        """
+        criterion_config = self.teacher_config(config_hash).criterion
+        if weights is not None:
+            criterion_config = dataclasses.replace(criterion_config, weights=weights)
+        return _build_criterion(criterion_config, self.style_images(config_hash), device=device)
+
+    # ------------------------------------------------------------------ entries
+
+    def entries(self, config_hash: str | None = None) -> list[TargetEntry]:
+        """Finished entries of ``config_hash``, one per content (the latest record wins), sorted by content hash.
+
+        An entry whose files were deleted afterwards is still listed; :meth:`verify` finds it.
+        """
+        return self._entries(self.resolve_config(config_hash), torn=None)
+
+    def _entries(self, config_hash: str, *, torn: list[int] | None) -> list[TargetEntry]:
+        latest: dict[str, dict[str, Any]] = {}
+        for record in self.read_manifest(config_hash, torn=torn):
+            previous = latest.get(record["key"])
+            # A target recomputed after its file was lost has a newer record.
+            if previous is None or record.get("created", 0.0) >= previous.get("created", 0.0):
+                latest[record["key"]] = record
+        entries = [self._entry(record) for record in latest.values()]
+        return sorted(entries, key=lambda e: e.content_hash)
+
+    def read_manifest(self, config_hash: str, *, torn: list[int] | None = None) -> Iterator[dict[str, Any]]:
+        """All complete, parseable manifest records of a config (undeduplicated).
+
+        ``torn``: if given, a one-element list that receives the count of ignored lines.
+        """
+        reader = ManifestReader(self.root / "manifest" / config_hash)
+        records = reader.read_new()
+        if torn is not None:
+            torn.append(reader.torn_lines)
+        return iter(records)
+
+    def finished_keys(self, config_hash: str) -> set[str]:
+        """Keys with a manifest record (no file checks)."""
+        return {record["key"] for record in self.read_manifest(config_hash)}
+
+    def _entry(self, record: dict[str, Any]) -> TargetEntry:
+        return TargetEntry(
+            key=record["key"],
+            content_path=record["content_path"],
+            content_hash=record["content_hash"],
+            config_hash=record["config_hash"],
+            style_hashes=tuple(record["style_hashes"]),
+            content_image_path=self.root / record["content_image"],
+            target_path=self.root / record["target"],
+            final={k: float(v) for k, v in record["final"].items()},
+            trace={k: list(v) for k, v in record["trace"].items()},
+            iterations_run=int(record["iterations_run"]),
+            seconds=float(record["seconds"]),
+            batch_size=int(record["batch_size"]),
+            device=str(record["device"]),
+            weights=str(record["weights"]),
+            stop_reason=str(record.get("stop_reason", "")),
+            content_image_sha256=str(record.get("content_image_sha256", "")),
+            target_sha256=str(record.get("target_sha256", "")),
+            created=float(record.get("created", 0.0)),
+        )
+
+    # ------------------------------------------------------------------ paths used by writers
+
+    def target_file(self, config_hash: str, content_hash: str) -> Path:
+        return self.root / "targets" / config_hash / f"{content_hash}.png"
+
+    def content_file(self, content_hash: str, size: int) -> Path:
+        return self.root / "contents" / f"{content_hash}_{size}.png"
+
+    def manifest_dir(self, config_hash: str) -> Path:
+        return self.root / "manifest" / config_hash
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, *, progress: bool = False) -> VerifyReport:
+        """Recompute the hashes of every config, style copy, target and content image.
+
+        Reports files that are missing or whose bytes differ from what was recorded.
+        """
+        from tqdm.auto import tqdm
+
+        report = VerifyReport(root=self.root)
+        checked: dict[Path, bool] = {}  # content images are shared between configs: hash each once
+        hashes = self.config_hashes()
+        report.configs = len(hashes)
+        for config_hash in hashes:
+            try:
+                record = self.config_record(config_hash)
+            except StoreError:
+                report.problems.append(
+                    VerifyProblem("corrupt", "config", self.root / "configs" / f"{config_hash}.json", config_hash[:16])
+                )
+                continue
+            for style in record["style_files"]:
+                path = self.root / style["file"]
+                problem = _check_file(path, style.get("png_sha256", ""), checked)
+                if problem:
+                    report.problems.append(VerifyProblem(problem, "style image", path, style["hash"][:16]))
+            torn: list[int] = []
+            entries = self._entries(config_hash, torn=torn)
+            report.torn_lines += torn[0]
+            report.entries += len(entries)
+            for entry in tqdm(entries, desc=f"verify {config_hash[:8]}", unit="entry", disable=not progress):
+                for what, path, digest in (
+                    ("target", entry.target_path, entry.target_sha256),
+                    ("content image", entry.content_image_path, entry.content_image_sha256),
+                ):
+                    problem = _check_file(path, digest, checked)
+                    if problem:
+                        report.problems.append(VerifyProblem(problem, what, path, entry.key))
+        for folder in ("styles", "contents", "targets", "configs"):
+            base = self.root / folder
+            if base.is_dir():
+                report.temp_files.extend(sorted(p for p in base.rglob(".*.tmp.*") if p.is_file()))
+        return report
+
+
+class TargetPairs(torch.utils.data.Dataset):
+    """(content, teacher target) pairs of one config, for training and evaluating students.
+
+    ``split``: ``"train"``, ``"heldout"`` or ``"all"``. A content is held out iff
+    ``int(sha256(content_hash)[:8], 16) / 2**32 < heldout_fraction`` (sha256 of the hex
+    string), so the split is stable across runs, machines and configs (the same photo is
+    held out for every style). If that holds out nothing while there are at least two
+    entries, the entry with the smallest value is held out. ``size``: ``None`` returns the
+    images as stored (teacher size); an int resizes both so the long side is ``size``.
+
+    ``dataset[i]`` is ``{"content": (3, H, W), "target": (3, H, W), "key": str}``, floats in [0, 1].
+    """
+
+    SPLITS = ("train", "heldout", "all")
+
+    def __init__(
+        self,
+        store: TargetStore,
+        *,
+        split: str = "train",
+        size: int | None = None,
+        config_hash: str | None = None,
+        heldout_fraction: float = 0.1,
+    ) -> None:
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
+        if not 0.0 <= heldout_fraction <= 1.0:
+            raise ValueError(f"heldout_fraction must lie in [0, 1], got {heldout_fraction}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be a positive int or None, got {size}")
+        self.store = store
+        self.split = split
+        self.size = size
+        self.config_hash = store.resolve_config(config_hash)
+        self.heldout_fraction = heldout_fraction
+        all_entries = store.entries(self.config_hash)
+        heldout = heldout_keys(all_entries, heldout_fraction)
+        if split == "all":
+            self.entries = all_entries
+        else:
+            want = split == "heldout"
+            self.entries = [e for e in all_entries if (e.key in heldout) == want]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def entry(self, i: int) -> TargetEntry:
+        return self.entries[i]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        entry = self.entries[i]
+        content = load_image(entry.content_image_path)
+        target = load_image(entry.target_path)
+        if content.shape != target.shape:
+            raise StoreError(
+                f"{entry.key}: content image {tuple(content.shape)} and target {tuple(target.shape)} differ in shape"
+            )
+        if self.size is not None:
+            # One call on the stacked pair: both get exactly the same resize.
+            content, target = resize_image(torch.stack([content, target]), long_side=self.size).unbind(0)
+        return {"content": content, "target": target, "key": entry.key}
+
+
+def split_value(content_hash: str) -> float:
+    """The content's position in [0, 1) for the held-out split (see :class:`TargetPairs`)."""
+    return int(hashlib.sha256(content_hash.encode("ascii")).hexdigest()[:8], 16) / 2**32
+
+
+def heldout_keys(entries: Iterable[TargetEntry], heldout_fraction: float) -> set[str]:
+    """Keys of the held-out entries (see :class:`TargetPairs`)."""
+    entries = list(entries)
+    keys = {e.key for e in entries if split_value(e.content_hash) < heldout_fraction}
+    if not keys and len(entries) >= 2 and heldout_fraction > 0:
+        keys = {min(entries, key=lambda e: (split_value(e.content_hash), e.content_hash)).key}
+    return keys
+
+
+def compute_config_hash(teacher_config: TeacherConfig, style_hashes: Iterable[str]) -> str:
+    """``sha256_json({"teacher": to_dict(config), "styles": [style hashes in blend order]})``."""
+    return sha256_json({"teacher": to_dict(teacher_config), "styles": list(style_hashes)})
+
+
+def entry_key(config_hash: str, content_hash: str) -> str:
+    return f"{config_hash[:16]}/{content_hash[:16]}"
+
+
+class ManifestReader:
+    """Reads the JSON-lines manifests of one config, incrementally.
+
+    Only complete lines (ending in a newline) are consumed, so a line a live writer is
+    still appending is picked up by a later :meth:`read_new`. A complete line that does not
+    parse, and a final line without its newline in the file of a dead writer, are counted
+    in ``torn_lines`` and ignored.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._offsets: dict[Path, int] = {}
+        self.torn_lines = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """Records appended since the last call (all records on the first call)."""
+        records: list[dict[str, Any]] = []
+        if not self.folder.is_dir():
+            return records
+        self.torn_lines = 0
+        for path in sorted(self.folder.glob("*.jsonl")):
+            offset = self._offsets.get(path, 0)
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                # An unterminated tail: a live writer mid-line, or a writer killed mid-line.
+                self.torn_lines += 1
+            for raw in data[:end].splitlines():
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    self.torn_lines += 1
+                    continue
+                if isinstance(record, dict) and "key" in record:
+                    records.append(record)
+                else:
+                    self.torn_lines += 1
+            self._offsets[path] = offset + end
+        return records
+
+
+class ManifestWriter:
+    """Appends records to this process's own manifest file (created on the first append).
+
+    Each line is written, flushed and fsynced before :meth:`append` returns.
+    """
+
+    def __init__(self, folder: Path, *, writer_name: str) -> None:
+        self.path = folder / f"{writer_name}.jsonl"
+        self._handle = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # "x": a fresh name per process; never append to another writer's file.
+            self._handle = open(self.path, "x", encoding="utf-8")
+            _fsync_dir(self.path.parent)
+        self._handle.write(line)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _check_file(path: Path, digest: str, cache: dict[Path, bool]) -> str | None:
+    """None if ``path`` exists with sha256 ``digest``, else "missing" / "corrupt"."""
+    if not path.is_file():
+        return "missing"
+    if not digest:
+        return None
+    if path not in cache:
+        try:
+            cache[path] = sha256_file(path) == digest
+        except OSError:
+            cache[path] = False
+    return None if cache[path] else "corrupt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def describe_config(config: TeacherConfig) -> str:
+    """A one-line summary of a teacher config for listings."""
+    c = config.criterion
+    return f"{c.backbone}/{c.weights}, size {config.size}, {config.iterations} iters, init {config.init}"
+

@@ -1,0 +1,352 @@
+"""Target store: resumable, sharded generation and the read API (CPU, random weights, tiny images)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import teachers.gatys
+from distill.criterion import build_criterion
+from distill.imaging import load_image
+from distill.store import StoreError, TargetEntry, TargetPairs, TargetStore, heldout_keys, split_value
+from distill.targets import _KeyLocks, generate_targets, shard_of
+from teachers.gatys import TeacherConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "generate_targets.py"
+FAST = ["--size", "32", "--iters", "3", "--weights", "random", "--style-size", "32", "--device", "cpu", "--quiet"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("generate_targets_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GENERATE = _script()
+
+
+def cli(*args: str | os.PathLike) -> int:
+    return GENERATE.main([str(a) for a in args])
+
+
+def write_image(path: Path, height: int, width: int, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def make_contents(folder: Path, count: int, *, seed: int = 0) -> list[Path]:
+    # Two aspect ratios (two teacher shapes) and a sub-folder, to exercise grouping and the recursive walk.
+    paths = []
+    for i in range(count):
+        name = f"sub/img{i}.jpg" if i % 3 == 2 else f"img{i}.png"
+        height = 40 if i % 2 else 48
+        paths.append(write_image(folder / name, height, 44, seed * 1000 + i))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory) -> Path:
+    return write_image(tmp_path_factory.mktemp("style") / "style.png", 40, 36, 999)
+
+
+def manifest_lines(store: Path) -> list[dict]:
+    lines = []
+    for path in sorted(store.glob("manifest/*/*.jsonl")):
+        for raw in path.read_bytes().splitlines(keepends=True):
+            if raw.endswith(b"\n"):
+                lines.append(json.loads(raw))
+    return lines
+
+
+def mtimes(store: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in store.glob("targets/*/*.png")}
+
+
+def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys):
+    contents = make_contents(tmp_path / "c", 4)
+    out = tmp_path / "store"
+    config = TeacherConfig(
+        size=32, iterations=3, criterion=GENERATE.replace(TeacherConfig().criterion, weights="random", style_size=32)
+    )
+    seen: list[torch.Tensor] = []
+    real = teachers.gatys.stylize
+
+    def spy(criterion, content, **kwargs):
+        seen.extend(content.cpu())
+        return real(criterion, content, **kwargs)
+
+    monkeypatch.setattr(teachers.gatys, "stylize", spy)
+    summary = generate_targets(
+        content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config, batch_size=2, progress=False
+    )
+    assert (summary.new, summary.present, summary.skipped, len(summary.failed)) == (4, 0, 0, 0)
+    assert summary.random_weights and "random" in summary.weights
+    assert any("RANDOM" in line for line in summary.lines())
+
+    store = TargetStore(out)
+    assert store.config_hashes() == [summary.config_hash]
+    assert store.teacher_config() == config
+    entries = store.entries()
+    assert len(entries) == 4 and [e.content_hash for e in entries] == sorted(e.content_hash for e in entries)
+    assert {e.content_path for e in entries} == {str(p) for p in contents}
+    assert len({e.key for e in entries}) == 4
+    for entry in entries:
+        assert entry.target_path.is_absolute() and entry.content_image_path.is_absolute()
+        content, target = load_image(entry.content_image_path), load_image(entry.target_path)
+        assert content.shape == target.shape and max(content.shape[-2:]) == 32
+        # The content copy is exactly the tensor the teacher started from (lossless PNG of 8-bit values).
+        assert any(torch.equal(content, s) for s in seen)
+        assert set(entry.final) == {"total", "content", "style", "tv"}
+        assert len(entry.trace["total"]) == entry.iterations_run + 1 == 4
+        assert entry.seconds > 0 and entry.batch_size == 2 and entry.device == "cpu" and "random" in entry.weights
+    # The store's criterion is exactly the teacher's: same style targets, same objective.
+    rebuilt = store.build_criterion()
+    reference = build_criterion(config.criterion, [load_image(style)], network=rebuilt.network)
+    for layer in reference.style_layers:
+        assert torch.equal(rebuilt.target_gram(layer), reference.target_gram(layer))
+    assert torch.equal(store.style_images()[0], load_image(style))
+
+    # Rerun: nothing recomputed, the teacher is not even called, files untouched.
+    before = mtimes(out)
+    monkeypatch.setattr(teachers.gatys, "stylize", lambda *a, **k: pytest.fail("teacher called on a rerun"))
+    capsys.readouterr()
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, "--batch-size", "2", *FAST) == 0
+    printed = capsys.readouterr().out
+    assert "new targets:        0" in printed and "already present:    4" in printed and "RANDOM" in printed
+    assert mtimes(out) == before
+    assert len(manifest_lines(out)) == 4
+
+
+def test_config_change_adds_targets_and_keeps_old(tmp_path, style):
+    make_contents(tmp_path / "c", 2)
+    out = tmp_path / "store"
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST) == 0
+    first = mtimes(out)
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST, "--tv-weight", "5") == 0
+    store = TargetStore(out)
+    hashes = store.config_hashes()
+    assert len(hashes) == 2
+    for config_hash in hashes:
+        assert len(store.entries(config_hash)) == 2
+        assert len(store.entries(config_hash[:16])) == 2  # a key's prefix resolves
+    assert {store.teacher_config(h).criterion.tv_weight for h in hashes} == {1.0, 5.0}
+    after = mtimes(out)
+    assert all(after[name] == stamp for name, stamp in first.items())
+    with pytest.raises(StoreError, match="2 teacher configs"):
+        store.entries()
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_completes_without_recomputing(tmp_path, style):
+    make_contents(tmp_path / "c", 6)
+    out = tmp_path / "store"
+    args = ["--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST, "--iters", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not manifest_lines(out):
+            assert proc.poll() is None, "the run ended before writing a target"
+            assert time.monotonic() < deadline, "no target within 120 s"
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished = {line["key"] for line in manifest_lines(out)}
+    assert 1 <= len(finished) < 6
+    store = TargetStore(out)
+    stamps = {e.key: e.target_path.stat().st_mtime_ns for e in store.entries()}
+
+    assert cli(*args) == 0  # the same command
+    entries = store.entries()
+    assert len(entries) == 6
+    assert store.verify().ok
+    keys = [line["key"] for line in manifest_lines(out)]
+    assert len(keys) == len(set(keys)) == 6  # each target recorded once: none recomputed
+    for entry in entries:
+        if entry.key in stamps:
+            assert entry.target_path.stat().st_mtime_ns == stamps[entry.key]
+
+
+def test_shards_are_disjoint_and_cover_everything(tmp_path, style, monkeypatch):
+    make_contents(tmp_path / "c", 6)
+    out = tmp_path / "store"
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST, "--shard", "0/2") == 0
+    part0 = {line["content_hash"] for line in manifest_lines(out)}
+    # The second shard comes from torchrun's environment.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST) == 0
+    part1 = {line["content_hash"] for line in manifest_lines(out)} - part0
+    assert part0 and part1 and not part0 & part1
+    assert all(shard_of(h, 2) == 0 for h in part0) and all(shard_of(h, 2) == 1 for h in part1)
+    assert len(TargetStore(out).entries()) == 6 == len(part0 | part1)
+    assert len(manifest_lines(out)) == 6
+
+
+def test_bad_content_files_are_skipped_and_counted(tmp_path, style, capsys):
+    folder = tmp_path / "c"
+    make_contents(folder, 2)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    good = (folder / "img0.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])
+    write_image(folder / "tiny.png", 12, 40, 5)
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "store"
+    assert cli("--content-dir", folder, "--style", style, "--out", out, *FAST) == 0
+    captured = capsys.readouterr()
+    for name in ("empty.png", "notes.jpg", "truncated.png", "tiny.png"):
+        assert sum(name in line and "skipped" in line for line in captured.err.splitlines()) == 1, name
+    assert "skipped bad files:  4" in captured.out and "new targets:        2" in captured.out
+    assert len(TargetStore(out).entries()) == 2
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage"])
+def test_bad_style_stops_before_any_work(tmp_path, style, problem, capsys):
+    make_contents(tmp_path / "c", 1)
+    bad = tmp_path / "style.jpg"
+    if problem == "garbage":
+        bad.write_text("not an image")
+    out = tmp_path / "store"
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--style", bad, "--out", out, *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "style" in err[0] and str(bad) in err[0]
+    assert not out.exists()
+
+
+def test_bad_content_folder_is_a_clear_error(tmp_path, style, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    for folder, message in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "no image files")):
+        assert cli("--content-dir", folder, "--style", style, "--out", tmp_path / "s", *FAST) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_verify_finds_corrupt_and_missing_files_and_rerun_repairs(tmp_path, style, capsys):
+    make_contents(tmp_path / "c", 3)
+    out = tmp_path / "store"
+    args = ["--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST]
+    assert cli(*args) == 0
+    assert cli("--out", out, "--verify") == 0
+    entries = TargetStore(out).entries()
+    entries[0].target_path.write_bytes(b"garbage")
+    entries[1].content_image_path.unlink()
+    capsys.readouterr()
+    assert cli("--out", out, "--verify") == 1
+    printed = capsys.readouterr().out
+    assert f"corrupt target: {entries[0].target_path}" in printed
+    assert f"missing content image: {entries[1].content_image_path}" in printed
+    report = TargetStore(out).verify()
+    assert (len(report.corrupt), len(report.missing)) == (1, 1)
+    # Deleting the bad file and rerunning recomputes exactly the damaged entries.
+    entries[0].target_path.unlink()
+    assert cli(*args) == 0
+    assert "new targets:        2" in capsys.readouterr().out
+    assert TargetStore(out).verify().ok
+    assert cli("--out", tmp_path / "c", "--verify") == 2  # not a store
+
+
+def test_torn_manifest_line_is_ignored(tmp_path, style):
+    make_contents(tmp_path / "c", 2)
+    out = tmp_path / "store"
+    args = ["--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST]
+    assert cli(*args) == 0
+    (manifest,) = out.glob("manifest/*/*.jsonl")
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    manifest.write_bytes(lines[0] + lines[1][:50])  # as if killed while writing the second line
+    store = TargetStore(out)
+    assert len(store.entries()) == 1
+    assert store.verify().torn_lines == 1
+    assert cli(*args) == 0
+    assert len(store.entries()) == 2 and store.verify().ok
+
+
+def test_target_locked_by_another_writer_is_left_to_it(tmp_path, style):
+    make_contents(tmp_path / "c", 2)
+    out = tmp_path / "store"
+    config = GENERATE.teacher_config_from_args(GENERATE.build_parser().parse_args(["--out", str(out), *FAST]))
+    kwargs = dict(content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config, progress=False)
+    store, config_hash = TargetStore.open_or_create(out, teacher_config=config, style_paths=[style])
+    from distill.fileio import sha256_file
+
+    locked = sha256_file(tmp_path / "c" / "img0.png")
+    other = _KeyLocks(out / "locks" / config_hash)  # flock conflicts between open files even in one process
+    assert other.acquire(locked)
+    summary = generate_targets(**kwargs)
+    assert (summary.new, summary.busy) == (1, 1)
+    other.release_all()
+    summary = generate_targets(**kwargs)
+    assert (summary.new, summary.present) == (1, 1)
+
+
+def test_target_pairs_split_and_resize(tmp_path, style):
+    make_contents(tmp_path / "c", 5)
+    out = tmp_path / "store"
+    assert cli("--content-dir", tmp_path / "c", "--style", style, "--out", out, *FAST) == 0
+    store = TargetStore(out)
+    train, heldout, everything = (TargetPairs(store, split=s) for s in ("train", "heldout", "all"))
+    train_keys = {train.entry(i).key for i in range(len(train))}
+    heldout_keys_ = {heldout.entry(i).key for i in range(len(heldout))}
+    assert heldout_keys_ and not train_keys & heldout_keys_
+    assert train_keys | heldout_keys_ == {e.key for e in store.entries()} and len(everything) == 5
+    assert heldout_keys_ == {TargetPairs(TargetStore(out), split="heldout").entry(i).key for i in range(len(heldout))}
+    item = everything[0]
+    assert set(item) == {"content", "target", "key"} and max(item["content"].shape[-2:]) == 32
+    small = TargetPairs(store, split="all", size=20)[0]
+    assert small["content"].shape == small["target"].shape and max(small["content"].shape[-2:]) == 20
+    assert small["key"] == item["key"]
+    with pytest.raises(ValueError):
+        TargetPairs(store, split="test")
+
+
+def _entry(content_hash: str) -> TargetEntry:
+    return TargetEntry(
+        key=f"cfg/{content_hash[:16]}", content_path="x", content_hash=content_hash, config_hash="cfg",
+        style_hashes=(), content_image_path=Path("/c"), target_path=Path("/t"), final={}, trace={},
+        iterations_run=0, seconds=0.0, batch_size=1, device="cpu", weights="random",
+    )  # fmt: skip
+
+
+def test_heldout_rule_is_the_documented_hash_rule():
+    import hashlib
+
+    entries = [_entry(hashlib.sha256(str(i).encode()).hexdigest()) for i in range(400)]
+    held = heldout_keys(entries, 0.1)
+    expected = {e.key for e in entries if int(hashlib.sha256(e.content_hash.encode()).hexdigest()[:8], 16) / 2**32 < 0.1}
+    assert held == expected and 20 < len(held) < 60
+    # Too few entries for the fraction: the smallest value is held out; a single entry never is.
+    few = sorted(entries, key=lambda e: split_value(e.content_hash))[-3:]
+    assert heldout_keys(few, 0.1) == {few[0].key}
+    assert heldout_keys(few[:1], 0.1) == set()
+    assert heldout_keys(few, 0.0) == set()
+
+
+def test_not_a_store(tmp_path, style):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a target store"):
+        TargetStore(tmp_path / "x")
+    with pytest.raises(StoreError, match="no such target store"):
+        TargetStore(tmp_path / "missing")
+    with pytest.raises(StoreError, match="not empty"):
+        TargetStore.open_or_create(tmp_path / "x", teacher_config=TeacherConfig(), style_paths=[style])
