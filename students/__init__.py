@@ -18,11 +18,15 @@ from .checkpoint import (
 )
 
 # Imported for their @register_student side effect.
+from .fast import FastStudent
 from .johnson import JohnsonNet
+from .timm_encoder import TimmEncoderStudent
 
 __all__ = [
+    "FastStudent",
     "JohnsonNet",
     "StudentCheckpointError",
+    "TimmEncoderStudent",
     "create_student",
     "list_students",
     "load_student",

@@ -9,9 +9,11 @@ import json
 import os
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 from torch.export import Dim
+from torch.utils.flop_counter import FlopCounterMode
 
 from students import (
     StudentCheckpointError,
@@ -30,6 +32,16 @@ def _deterministic():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny images gain nothing from intra-op threads, and on a shared 2-core
+    # machine the thread handoffs cost more than the work.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=list_students())
 def student_name(request) -> str:
     return request.param
@@ -39,7 +51,7 @@ def student_name(request) -> str:
 
 
 def test_builtin_students_are_registered():
-    assert {"johnson"} <= set(list_students())
+    assert {"johnson", "fast", "timm_encoder"} <= set(list_students())
 
 
 def test_unknown_student_name_lists_known_names():
@@ -100,12 +112,14 @@ def test_gradients_reach_every_trainable_parameter(student_name):
 
 def test_torch_export_with_dynamic_height_and_width(student_name):
     model = create_student(student_name).eval()
-    height = Dim("height", min=model.min_side, max=1024)
-    width = Dim("width", min=model.min_side, max=1024)
+    # Below stride + 1 the deepest feature map can be 1x1, which export specialises.
+    smallest = max(model.min_side, model.stride + 1)
+    height = Dim("height", min=smallest, max=1024)
+    width = Dim("width", min=smallest, max=1024)
     exported = torch.export.export(
         model, (torch.rand(1, 3, 64, 64),), dynamic_shapes={"images": {2: height, 3: width}}
     )
-    images = torch.rand(1, 3, 65, 31)
+    images = torch.rand(1, 3, 65, smallest + 2)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(images), model(images))
 
@@ -116,6 +130,103 @@ def test_torch_export_with_dynamic_height_and_width(student_name):
 def test_johnson_has_reference_parameter_count():
     model = create_student("johnson")
     assert 1.6e6 <= sum(p.numel() for p in model.parameters()) <= 1.8e6
+
+
+# --- fast ---------------------------------------------------------------------
+
+
+def _conv_flops(name: str, side: int) -> int:
+    # Meta tensors: counts every conv/matmul of a 512 px forward without computing it.
+    with torch.device("meta"):
+        model = create_student(name).eval()
+        images = torch.empty(1, 3, side, side)
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+def test_fast_needs_far_fewer_flops_than_johnson():
+    # Wall-clock speed (>= 3x at 512 px) is measured by benchmarks/bench_students.py;
+    # FLOPs are the deterministic proxy a test can check.
+    assert _conv_flops("fast", 512) * 8 < _conv_flops("johnson", 512)
+
+
+# --- timm_encoder -------------------------------------------------------------
+
+
+def test_timm_encoder_freeze_and_unfreeze():
+    model = create_student("timm_encoder", backbone="resnet18")
+    encoder_params = list(model.encoder.parameters())
+    decoder_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    assert model.encoder_frozen
+    assert not any(p.requires_grad for p in encoder_params)
+    assert all(p.requires_grad for p in decoder_params)
+
+    model.train()
+    assert not model.encoder.training, "a frozen encoder must keep its norm statistics"
+    running_mean = model.encoder.bn1.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(model.encoder.bn1.running_mean, running_mean)
+
+    model.unfreeze_encoder()
+    assert not model.encoder_frozen
+    assert all(p.requires_grad for p in encoder_params)
+    assert model.encoder.training
+    model(torch.rand(2, 3, 64, 64)).mean().backward()
+    assert all(p.grad is not None for p in encoder_params)
+
+    model.freeze_encoder()
+    assert model.encoder_frozen and not model.encoder.training
+
+
+def test_timm_encoder_other_backbone():
+    model = create_student("timm_encoder", backbone="mobilenetv3_small_100").eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 33, 47)).shape == (1, 3, 33, 47)
+
+
+def test_timm_encoder_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown timm backbone"):
+        create_student("timm_encoder", backbone="not_a_backbone")
+
+
+def test_timm_encoder_loads_local_pretrained_file(tmp_path):
+    reference = timm.create_model("resnet18", pretrained=False)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file({k: t.contiguous() for k, t in reference.state_dict().items()}, str(weights))
+    model = create_student("timm_encoder", backbone="resnet18", pretrained_file=str(weights))
+    torch.testing.assert_close(model.encoder.conv1.weight, reference.conv1.weight, rtol=0, atol=0)
+
+
+def test_timm_encoder_download_failure_is_a_clear_error(monkeypatch):
+    def offline_create_model(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("Network is unreachable")
+        return real_create_model(*args, pretrained=pretrained, **kwargs)
+
+    real_create_model = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
+    with pytest.raises(RuntimeError, match="pretrained=False") as error:
+        create_student("timm_encoder", pretrained=True)
+    assert "resnet18" in str(error.value) and "Network is unreachable" in str(error.value)
+
+
+def test_pretrained_student_checkpoint_loads_offline(tmp_path, monkeypatch):
+    model = create_student("timm_encoder", backbone="mobilenetv3_small_100").eval()
+    model.student_spec["kwargs"]["pretrained"] = True  # as if trained from downloaded weights
+    path = save_student(model, tmp_path / "student.safetensors")
+
+    def no_download(*args, pretrained=False, **kwargs):
+        assert not pretrained, "loading a checkpoint must not fetch pretrained weights"
+        return real_create_model(*args, pretrained=pretrained, **kwargs)
+
+    real_create_model = timm.create_model
+    monkeypatch.setattr(timm, "create_model", no_download)
+    loaded, metadata = load_student(path)
+    assert metadata["student"]["kwargs"]["pretrained"] is True
+    images = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
 
 
 # --- checkpoints --------------------------------------------------------------
