@@ -361,19 +361,18 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     k_summary: dict[str, Any] = {
         "reached": len(reached),
         "not_reached": len(not_reached),
-        "median_reached": float(statistics.median(reached)) if reached else None,
+        "median_reached": statistics.median_low(reached) if reached else None,
         "min_reached": min(reached) if reached else None,
         "max_reached": max(reached) if reached else None,
     }
     if records:
-        # Not-reached images count as larger than any reached k for the median over all images.
-        ordered = sorted(
+        # Lower median over all images, an image the teacher never matched counting as larger than any k.
+        middle = statistics.median_low(
             (r["equivalent_iterations"] if r["equivalent_iterations"] is not None else math.inf, r["teacher_iterations_run"])
             for r in records
         )
-        middle = ordered[(len(ordered) - 1) // 2]
         k_summary["median_text"] = f"> {middle[1]}" if math.isinf(middle[0]) else str(int(middle[0]))
-    parts = [f"median k* {k_summary.get('median_text', 'n/a')} over {len(records)} image(s)"]
+    parts = [f"median k* {k_summary.get('median_text', 'n/a')} (lower median) over {len(records)} image(s)"]
     if not_reached:
         parts.append(f"{len(not_reached)} image(s) better than the teacher's final result (k* > iterations run)")
     k_summary["summary"] = "; ".join(parts)
@@ -744,11 +743,11 @@ def _speed(student, criterion, teacher_config, content, entries, device, options
     store_types = sorted({_device_type(e.device) for e in entries})
     speed: dict[str, Any] = {
         "device": str(device),
-        "timing_size": list(content.shape[-2:]),
+        "timing_size": list(content.shape[-2:]),  # [H, W]
         "student_ms_per_image": student_ms,
         "student_ms_runs": runs,
         "student_timing": f"median of {len(runs)} runs after {options.timing_warmup} warm-up, batch 1, "
-        f"torch.inference_mode, {content.shape[-2]}x{content.shape[-1]} px",
+        f"torch.inference_mode, {content.shape[-1]}x{content.shape[-2]} px (W x H)",
         "teacher_iterations_per_image": mean_iterations,
         "teacher_devices_in_store": sorted({e.device for e in entries}),
     }

@@ -395,7 +395,10 @@ def write_report(result: FidelityResult, out_dir: str | Path) -> dict[str, Any]:
     _save_pil(make_grid(rows, names=result.names), out / files["grid"])
     random_note = " - loss network has RANDOM weights" if report["random_weights"] else ""
     title = f"t-SNE of Gram embeddings ({', '.join(report['embedding_layers'])}){random_note}"
-    plot_tsne_thumbnails(result.tsne_points, result.tsne_groups, result.tsne_images, out / files["tsne"], title=title)
+    thumb_px = int(max(24, min(56, 300 / max(1, len(result.tsne_points)) ** 0.5)))  # smaller when crowded
+    plot_tsne_thumbnails(
+        result.tsne_points, result.tsne_groups, result.tsne_images, out / files["tsne"], title=title, thumb_px=thumb_px
+    )
     labels = [c["label"] for c in report["tsne"]["coordinates"]]
     plot_tsne_scatter(result.tsne_points, result.tsne_groups, labels, out / files["tsne_scatter"], title=title)
 

@@ -51,6 +51,8 @@ def main() -> int:
         fail(f"--run RUN_DIR is needed for --checkpoint {args.checkpoint} (or pass --checkpoint PATH)")
     if args.max_images is not None and args.max_images < 1:
         fail("--max-images must be at least 1")
+    if args.heldout_fraction is not None and not 0 <= args.heldout_fraction <= 1:
+        fail(f"--heldout-fraction must lie in [0, 1], got {args.heldout_fraction}")
     if args.out.exists() and not args.out.is_dir():
         fail(f"--out {args.out}: exists and is not a folder")
     options = FidelityOptions(

@@ -88,6 +88,46 @@ def test_psnr_and_ssim_of_different_images():
     assert ssim(a[:, :5, :5], a[:, :5, :5]) == pytest.approx(1.0)  # tiny images shrink the window
 
 
+def _record(k, iterations_run=30, ssim_value=0.5):
+    terms = {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0}
+    return {
+        "objective": {"student": terms, "teacher": terms, "content": terms},
+        "ratio": {"total": 1.0, "content": 1.0, "style": 1.0, "tv": 1.0},
+        "psnr": math.inf, "ssim": ssim_value, "gram_distance": {"student_teacher": 0.0},
+        "equivalent_iterations": k, "teacher_iterations_run": iterations_run,
+    }
+
+
+def test_aggregate_counts_never_reached_images():
+    from distill.fidelity import aggregate
+
+    summary = aggregate([_record(4), _record(None), _record(None)])["equivalent_iterations"]
+    assert summary["reached"] == 1 and summary["not_reached"] == 2
+    assert summary["median_reached"] == 4 and summary["median_text"] == "> 30"
+    assert "2 image(s) better than the teacher's final result" in summary["summary"]
+    assert aggregate([_record(4), _record(None)])["equivalent_iterations"]["median_text"] == "4"
+    assert aggregate([_record(0)])["psnr"]["mean"] == math.inf
+
+
+def test_teacher_is_retimed_when_the_store_timed_another_device(vgg_criterion, tiny_config):
+    from types import SimpleNamespace
+
+    from distill.fidelity import FidelityOptions, _speed
+    from students import create_student
+    from teachers.gatys import TeacherConfig
+
+    entries = [SimpleNamespace(device="cuda:0", seconds=0.5, iterations_run=30, batch_size=4)]
+    student = create_student("johnson", num_residual_blocks=1).eval()
+    config = TeacherConfig(criterion=tiny_config, size=32, iterations=30)
+    options = FidelityOptions(timing_runs=2, timing_warmup=1, retime_iterations=2)
+    speed = _speed(student, vgg_criterion, config, _image(3), entries, torch.device("cpu"), options)
+    assert speed["teacher_source"] == "retimed" and "re-timed 2 teacher iterations" in speed["teacher_source_detail"]
+    assert speed["teacher_seconds_per_image"] == pytest.approx(30 * speed["teacher_seconds_per_iteration"])
+    assert len(speed["student_ms_runs"]) == 2 and speed["speedup"] > 0
+    entries[0].device = "cpu"
+    assert _speed(student, vgg_criterion, config, _image(3), entries, torch.device("cpu"), options)["teacher_source"] == "store"
+
+
 # --------------------------------------------------------------------------- t-SNE
 
 
@@ -223,6 +263,7 @@ def _run_compare_inprocess(monkeypatch, capsys, *args) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_input_errors_exit_2_with_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     run, store = tiny_run / "run", tiny_run / "store"
     cases = {
