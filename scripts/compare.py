@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Teacher vs student: a fidelity report (objective ratios, equivalent teacher iterations k*,
+PSNR/SSIM, Gram distances, speed, t-SNE of style embeddings) for a trained student.
+
+    python scripts/compare.py --run runs/mosaic --targets store/ --out report/
+    python scripts/compare.py --run runs/mosaic --targets store/ --out report/ --min-ssim 0.6 --max-objective-ratio 1.5
+
+Writes REPORT_DIR/report.json, index.html (open it from disk), grid.png, tsne.png and
+tsne_scatter.png. Exit codes: 0 done, 1 a --min-ssim / --max-objective-ratio gate failed
+(the report is still written), 2 bad input (missing run, checkpoint or store, empty split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distill.cli import LazyProgress, fail, resolve_device, run_main, warn_if_random
+from distill.fidelity import FidelityInputError, FidelityOptions, check_gates, evaluate_fidelity, prepare
+from distill.report_html import fmt, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = FidelityOptions()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="training run folder (RUN_DIR with checkpoints/); optional with --checkpoint PATH")
+    p.add_argument("--targets", type=Path, required=True, help="the teacher-target store the student was trained on")
+    p.add_argument("--out", type=Path, required=True, help="report folder (created if needed)")
+    p.add_argument("--split", default=defaults.split, choices=("heldout", "train", "all"), help="store split to evaluate (default %(default)s)")
+    p.add_argument("--checkpoint", default=defaults.checkpoint, help="best, last or a checkpoint path (default %(default)s)")
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto (default %(default)s)")
+    p.add_argument("--weights", help="override the loss network's weights source only (e.g. a local file when the store says pretrained)")
+    p.add_argument("--config-hash", help="teacher config in the store (prefix ok); default: the checkpoint's, else the only one")
+    p.add_argument("--heldout-fraction", type=float, help="default: the training run's (from the checkpoint), else 0.1")
+    p.add_argument("--max-images", type=int, help="evaluate at most N images of the split")
+    p.add_argument("--embedding-layers", help="comma-separated style layers for Gram distances and t-SNE (default: the two shallowest)")
+    p.add_argument("--timing-runs", type=int, default=defaults.timing_runs, help="timed student runs, median reported (default %(default)s)")
+    p.add_argument("--retime-iterations", type=int, default=defaults.retime_iterations,
+                   help="teacher iterations to time when the store's timings come from another device type (default %(default)s)")
+    p.add_argument("--tsne-seed", type=int, default=defaults.tsne_seed, help="random_state of PCA and t-SNE (default %(default)s)")
+    p.add_argument("--min-ssim", type=float, help="exit 1 if the mean SSIM (student vs teacher) is below this")
+    p.add_argument("--max-objective-ratio", type=float, help="exit 1 if the mean student/teacher objective ratio is above this")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if args.run is None and args.checkpoint in ("best", "last"):
+        fail(f"--run RUN_DIR is needed for --checkpoint {args.checkpoint} (or pass --checkpoint PATH)")
+    if args.max_images is not None and args.max_images < 1:
+        fail("--max-images must be at least 1")
+    if args.heldout_fraction is not None and not 0 <= args.heldout_fraction <= 1:
+        fail(f"--heldout-fraction must lie in [0, 1], got {args.heldout_fraction}")
+    if args.out.exists() and not args.out.is_dir():
+        fail(f"--out {args.out}: exists and is not a folder")
+    options = FidelityOptions(
+        split=args.split,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        weights=args.weights,
+        config_hash=args.config_hash,
+        heldout_fraction=args.heldout_fraction,
+        max_images=args.max_images,
+        embedding_layers=tuple(x.strip() for x in args.embedding_layers.split(",") if x.strip()) if args.embedding_layers else None,
+        timing_runs=args.timing_runs,
+        retime_iterations=args.retime_iterations,
+        tsne_seed=args.tsne_seed,
+    )
+    device = resolve_device(args.device)
+    prepare(args.run, args.targets, options)  # every input error exits 2 before the loss network is built
+    with LazyProgress(desc="compare", unit="image") as bar:
+        result = evaluate_fidelity(
+            run_dir=args.run, store_root=args.targets, options=options, device=device,
+            progress=None if args.quiet else bar.update_to,
+        )
+    report = result.report
+    warn_if_random(report["weights"])
+    gates = check_gates(report, min_ssim=args.min_ssim, max_objective_ratio=args.max_objective_ratio)
+    report["gates"] = [gate.to_dict() for gate in gates]
+    write_report(result, args.out)
+
+    agg, speed = report["aggregate"], report["speed"]
+    print(
+        f"compare: {agg['images']} {args.split} image(s); objective ratio student/teacher {fmt(agg['ratio']['mean']['total'])} "
+        f"(content {fmt(agg['ratio']['mean']['content'])}, style {fmt(agg['ratio']['mean']['style'])}); "
+        f"SSIM {fmt(agg['ssim']['mean'])}, PSNR {fmt(agg['psnr']['mean'])} dB; {agg['equivalent_iterations']['summary']}; "
+        f"teacher {fmt(speed['teacher_seconds_per_image'])} s vs student {fmt(speed['student_ms_per_image'])} ms per image "
+        f"= {fmt(speed['speedup'])}x ({speed['teacher_source']})",
+        file=sys.stderr,
+    )
+    print(f"compare: wrote {args.out / 'index.html'} and report.json, grid.png, tsne.png", file=sys.stderr)
+    failed = [gate for gate in gates if not gate.passed]
+    for gate in failed:
+        print(f"gate failed: {gate.name} {gate.threshold:g}: {gate.message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    from distill.store import StoreError
+    from students import StudentCheckpointError
+
+    run_main(main, expected=(FidelityInputError, StoreError, StudentCheckpointError, NotADirectoryError))
