@@ -600,7 +600,7 @@ def evaluate_fidelity(
             output = transfer_luminance(output, content)
         output = quantize_8bit(output)
         (record,), embedded = compare_images(criterion, content, teacher, output, embedding_layers=layers)
-        trace = finest_scale_trace(entry.trace)
+        trace = finest_scale_trace(store.trace(entry))
         k = equivalent_iterations(trace, record["objective"]["student"]["total"])
         per_iteration = entry.seconds / max(1, entry.iterations_run)
         record.update(

@@ -50,14 +50,25 @@ def sample_photo_paths() -> dict[str, Path]:
     return found
 
 
-def write_sample_contents(folder: str | os.PathLike, *, long_side: int, count: int | None = None) -> list[Path]:
-    """Write up to ``count`` sample photographs, resized to ``long_side``, as PNGs into ``folder``."""
+def write_sample_contents(
+    folder: str | os.PathLike, *, long_side: int, count: int | None = None, square: bool = False
+) -> list[Path]:
+    """Write up to ``count`` sample photographs, resized to ``long_side``, as PNGs into ``folder``.
+
+    ``square=True`` centre-crops each photo to a square first: images of one shape can
+    share a batch in the batched teacher.
+    """
     photos = list(sample_photo_paths().items())[:count]
     if not photos:
         raise RuntimeError("no sample photographs found: scikit-image and matplotlib ship them; is either installed?")
     written = []
     for name, path in photos:
-        image = resize_image(load_image(path), long_side=long_side)
+        image = load_image(path)
+        if square:
+            side = min(image.shape[-2:])
+            top, left = (image.shape[-2] - side) // 2, (image.shape[-1] - side) // 2
+            image = image[:, top : top + side, left : left + side]
+        image = resize_image(image, long_side=long_side)
         written.append(save_image(image, Path(folder) / f"{name}.png"))
     return written
 

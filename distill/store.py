@@ -385,6 +385,19 @@ class TargetStore:
             created=float(record.get("created", 0.0)),
         )
 
+    def trace(self, entry: TargetEntry) -> dict[str, list[float]]:
+        """The teacher's loss trace of ``entry``, also for entries listed with ``traces=False``.
+
+        Raises :class:`StoreError` when the trace file is missing or unreadable.
+        """
+        if entry.trace:
+            return entry.trace
+        path = self.trace_file(entry.config_hash, entry.content_hash)
+        trace = self._read_trace({"trace": path.relative_to(self.root)})
+        if not trace:
+            raise StoreError(f"{path}: loss trace missing or unreadable; run generate_targets.py --verify")
+        return trace
+
     def _read_trace(self, record: dict[str, Any]) -> dict[str, list[float]]:
         try:
             data = json.loads((self.root / record["trace"]).read_text(encoding="utf-8"))

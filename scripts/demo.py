@@ -57,7 +57,7 @@ def main() -> int:
             flush=True,
         )
     style = save_image(stained_glass(size=256), data / "style" / "stained_glass.png")
-    contents = write_sample_contents(data / "content", long_side=max(args.size * 2, 256), count=args.images)
+    contents = write_sample_contents(data / "content", long_side=max(args.size * 2, 256), count=args.images, square=True)
     print(f"sample data: {len(contents)} photos in {data / 'content'}, style {style}", flush=True)
 
     teacher = ["--weights", args.weights, "--size", str(args.size), "--iters", str(args.iters), "--style-size", "256"]

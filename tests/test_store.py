@@ -117,6 +117,7 @@ def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys)
         assert len(entry.trace["total"]) == entry.iterations_run + 1 == 4
         assert entry.seconds > 0 and entry.batch_size == 2 and entry.device == "cpu" and "random" in entry.weights
     assert all(e.trace == {} for e in store.entries(traces=False))  # the cheap listing TargetPairs uses
+    assert [store.trace(e) for e in store.entries(traces=False)] == [e.trace for e in entries]
     # The store's criterion is exactly the teacher's: same style targets, same objective.
     rebuilt = store.build_criterion()
     reference = build_criterion(config.criterion, [load_image(style)], network=rebuilt.network)
