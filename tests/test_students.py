@@ -148,7 +148,16 @@ def _conv_flops(name: str, side: int) -> int:
 def test_fast_needs_far_fewer_flops_than_johnson():
     # Wall-clock speed (>= 3x at 512 px) is measured by benchmarks/bench_students.py;
     # FLOPs are the deterministic proxy a test can check.
-    assert _conv_flops("fast", 512) * 8 < _conv_flops("johnson", 512)
+    assert _conv_flops("fast", 512) * 10 < _conv_flops("johnson", 512)
+
+
+def test_fast_subpixel_output_starts_without_checkerboard():
+    model = create_student("fast").eval()
+    with torch.no_grad():
+        stylised = model(torch.rand(1, 3, 64, 64))
+    top_left = stylised[..., 0::2, 0::2]
+    for row, column in [(0, 1), (1, 0), (1, 1)]:
+        torch.testing.assert_close(stylised[..., row::2, column::2], top_left)
 
 
 # --- timm_encoder -------------------------------------------------------------
