@@ -1,0 +1,83 @@
+"""Johnson et al. 2016 transformer network, as in pytorch/examples fast_neural_style.
+
+Same layers and widths as the reference (1,679,235 parameters), with three
+deliberate departures:
+
+* images are float RGB in [0, 1] in and out, not [0, 255];
+* the last convolution is followed by a sigmoid so the output is bounded
+  to [0, 1] without clamping (a clamp has zero gradient wherever it is
+  active, which stalls training on saturated pixels; sigmoid is the same
+  function as the "scaled tanh" (tanh(z) + 1) / 2 at half the logit
+  scale, in one op that exports cleanly);
+* inputs of any size >= 5 px are reflection-padded to a multiple of the
+  network stride (4) and cropped back, so output H, W == input H, W.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import ConvInstanceNormReLU, UpsampleConvInstanceNormReLU, reflect_conv
+from .padding import crop_to_size, reflect_pad_to_multiple
+from .registry import register_student
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with instance norm and an identity shortcut (He et al. 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            reflect_conv(channels, channels, kernel_size=3),
+            nn.InstanceNorm2d(channels, affine=True),
+            nn.ReLU(),
+            reflect_conv(channels, channels, kernel_size=3),
+            nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.body(features)
+
+
+class JohnsonNet(nn.Module):
+    """Image transformation network of Johnson et al. 2016.
+
+    Input: (B, 3, H, W) float RGB in [0, 1], H and W >= 5 (any parity).
+    Output: (B, 3, H, W) float RGB in [0, 1].
+    """
+
+    stride = 4
+    min_side = 5  # smallest side whose stride-4 features still allow reflection padding
+
+    def __init__(self, *, num_residual_blocks: int = 5):
+        super().__init__()
+        self.stem = ConvInstanceNormReLU(3, 32, kernel_size=9)
+        self.down_to_half = ConvInstanceNormReLU(32, 64, kernel_size=3, stride=2)
+        self.down_to_quarter = ConvInstanceNormReLU(64, 128, kernel_size=3, stride=2)
+        self.residual_blocks = nn.Sequential(
+            *(ResidualBlock(128) for _ in range(num_residual_blocks))
+        )
+        self.up_to_half = UpsampleConvInstanceNormReLU(128, 64, kernel_size=3)
+        self.up_to_full = UpsampleConvInstanceNormReLU(64, 32, kernel_size=3)
+        self.to_rgb = reflect_conv(32, 3, kernel_size=9)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+        height, width = images.shape[-2:]
+        padded = reflect_pad_to_multiple(images, multiple=self.stride, min_side=self.min_side)
+        half = self.down_to_half(self.stem(padded))
+        quarter = self.residual_blocks(self.down_to_quarter(half))
+        features = self.up_to_half(quarter, size=half.shape[-2:])
+        features = self.up_to_full(features, size=padded.shape[-2:])
+        logits = self.to_rgb(features)
+        return crop_to_size(torch.sigmoid(logits), height=height, width=width)
+
+
+@register_student
+def johnson(*, num_residual_blocks: int = 5) -> JohnsonNet:
+    """Johnson et al. 2016 reference student (1.68 M parameters with 5 residual blocks).
+
+    Input (B, 3, H, W) in [0, 1] with H, W >= 5; output the same shape in [0, 1].
+    """
+    return JohnsonNet(num_residual_blocks=num_residual_blocks)

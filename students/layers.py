@@ -1,0 +1,59 @@
+"""Building blocks shared by the Johnson-style students."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def reflect_conv(
+    in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1, groups: int = 1
+) -> nn.Conv2d:
+    """A 'same'-padded convolution whose padding mirrors the image.
+
+    Reflection instead of zero padding avoids dark borders in stylised
+    output (zeros look like a black frame to instance norm and the convs).
+    """
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        padding_mode="reflect",
+        groups=groups,
+    )
+
+
+class ConvInstanceNormReLU(nn.Sequential):
+    """reflect_conv -> InstanceNorm2d(affine) -> ReLU.
+
+    Instance norm (Ulyanov et al. 2016) rather than batch norm: it removes
+    each image's contrast, which is what makes feed-forward stylisation work.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1):
+        super().__init__(
+            reflect_conv(in_channels, out_channels, kernel_size=kernel_size, stride=stride),
+            nn.InstanceNorm2d(out_channels, affine=True),
+            nn.ReLU(),
+        )
+
+
+class UpsampleConvInstanceNormReLU(nn.Module):
+    """Nearest-neighbour upsample to a given size, then ConvInstanceNormReLU.
+
+    Upsample-then-convolve instead of a transposed conv avoids checkerboard
+    artifacts (Odena et al. 2016).  Upsampling to the size of the matching
+    encoder feature map, rather than by a factor of 2, lets torch.export
+    prove the output size equals the padded input size for dynamic H/W.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int):
+        super().__init__()
+        self.conv = ConvInstanceNormReLU(in_channels, out_channels, kernel_size=kernel_size)
+
+    def forward(self, features: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C_in, h, w) -> (B, C_out, *size)."""
+        return self.conv(F.interpolate(features, size=size, mode="nearest"))

@@ -1,0 +1,72 @@
+"""Name -> factory registry for student networks (timm-style).
+
+Each factory is a plain function decorated with :func:`register_student`;
+its ``__name__`` is the public name.  :func:`create_student` stamps the
+name and keyword arguments on the model as ``student_spec`` so that a
+checkpoint can rebuild the exact architecture from metadata alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+StudentFactory = TypeVar("StudentFactory", bound=Callable[..., nn.Module])
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_student(factory: StudentFactory) -> StudentFactory:
+    """Register ``factory`` under its function name and return it unchanged.
+
+    Raises:
+        ValueError: if another factory already uses that name (silently
+            replacing it would make checkpoints ambiguous).
+    """
+    name = factory.__name__
+    if name in _FACTORIES and _FACTORIES[name] is not factory:
+        raise ValueError(f"a student named {name!r} is already registered")
+    _FACTORIES[name] = factory
+    return factory
+
+
+def list_students() -> list[str]:
+    """Names accepted by :func:`create_student`, sorted."""
+    return sorted(_FACTORIES)
+
+
+def create_student(name: str, **kwargs: Any) -> nn.Module:
+    """Build the student registered as ``name``.
+
+    Every student maps an image batch of shape (B, 3, H, W), float RGB in
+    [0, 1], to a stylised batch of the same shape and range.
+
+    Args:
+        name: one of :func:`list_students`.
+        **kwargs: keyword hyperparameters of that student; they must be
+            JSON-serialisable because they are stored in checkpoints.
+
+    Returns:
+        The model, with ``model.student_spec = {"name": name, "kwargs": kwargs}``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known names) or
+            kwargs that are not JSON-serialisable.
+    """
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        known = ", ".join(list_students()) or "(none)"
+        raise ValueError(f"unknown student {name!r}; known students: {known}")
+    spec = {"name": name, "kwargs": dict(kwargs)}
+    try:
+        json.dumps(spec)
+    except (TypeError, ValueError) as error:
+        # Caught here rather than at save time, when the training run is over.
+        raise ValueError(
+            f"student {name!r} kwargs must be JSON-serialisable to be checkpointed: {error}"
+        ) from error
+    model = factory(**kwargs)
+    model.student_spec = spec
+    return model
