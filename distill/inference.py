@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.imaging import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, save_image
+from distill.imaging import ImageLoadError, _pil_format, list_images, load_image, save_image
 from distill.tiling import DEFAULT_OVERLAP, DEFAULT_PIXEL_BUDGET, DEFAULT_TILE, stylize_tiled
 
 #: Key of the JSON metadata in every export (ONNX metadata_props key, and the
@@ -160,13 +160,16 @@ def detect_model_kind(path: str | os.PathLike[str]) -> str:
 
     if zipfile.is_zipfile(path):
         return _zip_kind(path)
-    if head[:1] == b"\x80" or (path.suffix.lower() in _PICKLE_SUFFIXES and head[:1] in (b"\x80", b"(", b"]", b"}")):
-        # Pickle protocol 2+ starts with PROTO (0x80): legacy torch.save or plain pickle.
-        raise ModelLoadError(_pickle_refusal(path))
     if len(head) >= 9:
+        # safetensors: little-endian u64 header length, then the JSON header.  Checked
+        # before the pickle test: a header length's low byte can be 0x80.  (Whatever
+        # passes here is only ever parsed by safetensors, which never unpickles.)
         (header_length,) = struct.unpack("<Q", head[:8])
         if 0 < header_length <= size - 8 and head[8:9] == b"{":
             return "checkpoint"
+    if head[:1] == b"\x80" or (path.suffix.lower() in _PICKLE_SUFFIXES and head[:1] in (b"(", b"]", b"}")):
+        # Pickle protocol 2+ starts with PROTO (0x80): legacy torch.save or plain pickle.
+        raise ModelLoadError(_pickle_refusal(path))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return "checkpoint"  # the checkpoint reader gives the precise complaint
@@ -503,7 +506,8 @@ class StylizeSummary:
 def output_paths(input_path: Path, output: Path) -> list[tuple[Path, Path]]:
     """(input image, output image) pairs for a file or a folder.
 
-    A file maps to ``output`` itself when that has an image suffix, else to
+    A file maps to ``output`` itself when that has a suffix (which picks the format:
+    .png, .jpg, .webp, .tif, .bmp), else (or when ``output`` is a folder) to
     ``output/<stem>.png``.  A folder's images (recursively) map to the same relative
     paths under ``output`` with a ``.png`` suffix; names that would collide
     (``a.jpg`` and ``a.png``) keep their original suffix too (``a.jpg.png``).  Files
@@ -514,7 +518,11 @@ def output_paths(input_path: Path, output: Path) -> list[tuple[Path, Path]]:
     if not input_path.exists():
         raise FileNotFoundError(f"{input_path}: no such file or folder")
     if input_path.is_file():
-        if output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir():
+        if output.suffix and not output.is_dir():
+            try:
+                _pil_format(output)  # an unsupported suffix fails now, not after the work
+            except ValueError as error:
+                raise StylizeInputError(str(error)) from None
             return [(input_path, output)]
         return [(input_path, output / f"{input_path.stem}.png")]
     if output.exists() and not output.is_dir():

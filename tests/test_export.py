@@ -213,6 +213,19 @@ def test_load_checkpoint_matches_eager_and_runs_in_fp16(tmp_path):
         loaded(torch.rand(1, 3, 4, 40))
 
 
+def test_checkpoint_whose_header_starts_like_a_pickle_still_loads(tmp_path):
+    # The safetensors header length is little-endian; a low byte of 0x80 is pickle's
+    # PROTO opcode, which must not make a valid checkpoint look like a pickle.
+    model = create_student("fast")
+    for padding in range(256):
+        path = save_student(model, tmp_path / "fast.safetensors", extra={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    assert load_student(path).kind == "checkpoint"
+
+
 def test_export_refuses_another_dtype(exports):
     path, _, _ = exports("fast", "torchscript")
     with pytest.raises(ModelLoadError, match="exported in fp32"):
