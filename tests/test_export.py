@@ -137,6 +137,30 @@ def test_low_precision_export_keeps_float32_interface(exports, fmt, dtype):
         assert (output - model(images)).abs().max() <= TOLERANCES[dtype]
 
 
+def test_onnx_falls_back_to_the_torchscript_exporter_and_records_it(tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def dynamo_breaks(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("simulated dynamo exporter failure")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
+    model = create_student("fast").eval()
+    result = export_model(model, tmp_path / "fast.onnx", format="onnx")
+    assert result.exporter == "torchscript"
+    assert "simulated dynamo exporter failure" in result.fallback_reason
+    loaded = load_student(result.path)
+    assert loaded.metadata["onnx_exporter"] == "torchscript"
+    assert "simulated" in loaded.metadata["onnx_fallback_reason"]
+    images = torch.rand(2, 3, 29, 43)  # dynamic batch, height and width through dynamic_axes
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), atol=TOLERANCES["fp32"], rtol=0)
+    with pytest.raises(ExportError, match="dynamo ONNX exporter failed"):
+        export_model(model, tmp_path / "strict.onnx", format="onnx", onnx_exporter="dynamo")
+    assert not (tmp_path / "strict.onnx").exists()
+
+
 def test_bf16_onnx_is_refused_before_exporting(tmp_path):
     out = tmp_path / "fast.onnx"
     with pytest.raises(ExportError, match="bf16 ONNX is not supported"):
