@@ -30,6 +30,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file owner-only (0600); give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         _fsync_file(tmp_path)

@@ -106,3 +106,14 @@ def test_resize_and_listing(tmp_path):
     for name in ("a.PNG", "sub/b.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_image(torch.rand(3, 4, 4), tmp_path / "out.png")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not the owner-only mode of a temp file
