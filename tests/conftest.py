@@ -35,3 +35,19 @@ def tiny_config() -> CriterionConfig:
 def vgg_criterion(tiny_config, style_image):
     """Random-weight VGG-19 criterion; shared because building the network takes seconds."""
     return build_criterion(tiny_config, [style_image])
+
+
+@pytest.fixture
+def seeded():
+    """Seed torch's global RNG so that randomly initialised students are the same every run."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: tiny inputs gain nothing from more, and on a shared 2-core
+    machine the thread handoffs cost more than the work."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -37,18 +37,7 @@ SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 SLOW_EXPORTS = {("johnson", "onnx"), ("timm_encoder", "onnx"), ("timm_encoder", "pt2"), ("johnson", "pt2")}
 
 
-@pytest.fixture(autouse=True)
-def _deterministic():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny inputs gain nothing from intra-op threads on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
 
 
 @pytest.fixture(scope="module")

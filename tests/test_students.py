@@ -27,19 +27,7 @@ from students import (
 ODD_SIZES = [(33, 47), (64, 64), (65, 31)]
 
 
-@pytest.fixture(autouse=True)
-def _deterministic():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny images gain nothing from intra-op threads, and on a shared 2-core
-    # machine the thread handoffs cost more than the work.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
 
 
 @pytest.fixture(params=list_students())
