@@ -10,6 +10,9 @@ precomputed features) is passed on every call.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -18,34 +21,110 @@ from torch import nn
 from distill.color import luminance_as_rgb
 from distill.imaging import resize_image
 from distill.lossnet import DEFAULT_LAYERS, LossNetwork, build_loss_network
-from distill.losses import content_loss, gram_matrix, layer_weights_for, style_loss, total_variation
+from distill.losses import (
+    content_loss,
+    relative_content_loss,
+    gram_matrix,
+    layer_weights_for,
+    resample_quantiles,
+    sliced_wasserstein_layer_loss,
+    sorted_projections,
+    style_layer_loss,
+    total_variation,
+)
+
+
+NORMALISATIONS = ("scale_free", "classic")
+
+
+class CriterionError(ValueError):
+    """The objective cannot be built as asked: bad weights, or a loss network that gives non-finite features."""
+
+
+class StyleTooSmallWarning(UserWarning):
+    """A style image gives a deep style layer fewer than 2x2 positions."""
+
+
+STYLE_STATISTICS = ("gram", "sliced_wasserstein")
+#: Quantiles kept per projection of a style layer for the sliced-Wasserstein statistic.
+STYLE_QUANTILES = 4096
 
 
 @dataclass(frozen=True)
 class CriterionConfig:
-    """Everything that defines the objective; stored with every teacher target."""
+    """Everything that defines the objective; stored with every teacher target.
 
-    backbone: str = "vgg19"  # loss network; "resnet50" is the lecture's, any timm name works with explicit layers
-    weights: str = "pretrained"  # "pretrained", "random" (offline tests and demos only) or a weights file path
-    seed: int = 0  # seeds weights="random" so that random-weight runs are reproducible
-    pooling: str = "max"  # "avg" gives Gatys's smoother variant
+    ``"auto"`` fields are filled in by :meth:`resolved` from the weights and the
+    normalisation; stores and reports keep the resolved config, so "auto" never hides
+    which network or statistic was used.
+    """
+
+    backbone: str = "auto"  # loss network; auto: vgg19, or texture_vgg with random weights; "resnet50" is the lecture's
+    weights: str = "pretrained"  # "pretrained", "random" (offline) or a weights file path
+    seed: int = 0  # seeds weights="random" and the sliced-Wasserstein directions, so runs are reproducible
+    pooling: str = "max"  # "max", or "avg" (Gatys's smoother variant)
     content_layers: tuple[str, ...] | None = None  # None: the backbone's defaults (relu4_2 for VGG-19)
     style_layers: tuple[str, ...] | None = None  # None: relu1_1..relu5_1 for VGG-19
-    layer_weighting: str = "inverse_square_channels"  # the lecture's 1/C^2 per style layer, or "equal"
+    layer_weighting: str = "equal"  # per style layer: "equal", or the lecture's "inverse_square_channels" (classic)
+    # "scale_free": every layer's term is relative to its target's own magnitude, so alpha
+    # and beta mean the same on any network, weights, image size and layer count.
+    # "classic": Gatys/Johnson mean squared errors, whose balance depends on all of those.
+    normalisation: str = "scale_free"
+    # "gram" (Gatys), or "sliced_wasserstein": the whole distribution of feature responses,
+    # which random-weight networks need to paint rather than speckle; auto picks it for random weights.
+    style_statistic: str = "auto"
     content_weight: float = 1.0  # alpha
-    style_weight: float = 1e6  # beta; 1e6 with 1/C^2 weighting equals the PyTorch Gatys tutorial's balance
-    tv_weight: float = 1.0  # gamma; mild smoothing, raise to ~100 against high-frequency noise
-    style_size: int | None = 512  # long side of the style image(s) when their Grams are taken; None keeps them as given
+    style_weight: float = 10.0  # beta; 10 with scale_free terms: clear stylisation that keeps the photo's layout
+    tv_weight: float = 0.0  # gamma; total variation, a smoothness prior (it smears painted texture when high)
+    style_size: int | None = 512  # long side of the style image(s) when their statistics are taken; None keeps them as given
     style_blend: tuple[float, ...] | None = None  # relative weight of each style image; None = equal
     luminance_only: bool = False  # measure luminance only (colour-preserving transfer)
 
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if self.style_statistic not in ("auto", *STYLE_STATISTICS):
+            raise ValueError(f"style_statistic must be 'auto' or one of {STYLE_STATISTICS}, got {self.style_statistic!r}")
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise CriterionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+
+    @classmethod
+    def classic(cls, **changes) -> "CriterionConfig":
+        """The original Gatys/Johnson objective (the toolkit's behaviour before scale-free terms).
+
+        VGG-19 (also with random weights), Gram matrices, mean squared errors, the lecture's
+        1/C^2 layer weights, beta 1e6 (the PyTorch Gatys tutorial's balance) and TV 1.
+        For reproducing papers; ``changes`` override any field.
+        """
+        settings = dict(
+            backbone="vgg19", pooling="max", layer_weighting="inverse_square_channels", normalisation="classic",
+            style_statistic="gram", content_weight=1.0, style_weight=1e6, tv_weight=1.0,
+        )
+        return cls(**{**settings, **changes})
+
+    def resolved(self) -> "CriterionConfig":
+        """This config with every ``"auto"`` field decided."""
+        backbone = self.backbone
+        if backbone == "auto":
+            offline = self.weights == "random" and self.normalisation == "scale_free"
+            backbone = "texture_vgg" if offline else "vgg19"
+        statistic = self.style_statistic
+        if statistic == "auto":
+            statistic = "sliced_wasserstein" if self.weights == "random" and self.normalisation == "scale_free" else "gram"
+        return dataclasses.replace(self, backbone=backbone, style_statistic=statistic)
+
     def resolved_layers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(content layers, style layers) with the backbone's defaults filled in."""
-        defaults = DEFAULT_LAYERS.get(self.backbone)
+        backbone = self.resolved().backbone
+        defaults = DEFAULT_LAYERS.get(backbone)
         content = self.content_layers or (defaults["content"] if defaults else None)
         style = self.style_layers or (defaults["style"] if defaults else None)
         if not content or not style:
-            raise ValueError(f"backbone {self.backbone!r} has no default layers: set content_layers and style_layers")
+            raise ValueError(f"backbone {backbone!r} has no default layers: set content_layers and style_layers")
         return tuple(content), tuple(style)
 
 
@@ -72,12 +151,26 @@ class LossTerms:
 
 
 class StyleCriterion(nn.Module):
-    """Content + Gram-matrix style + total-variation objective.
+    """Content + style statistics + total-variation objective.
 
     ``forward(images, content=...)`` takes images (B, 3, H, W) in [0, 1] and the content
     images they should keep (same shape), or their precomputed ``content_targets``, and
     returns :class:`LossTerms` with (B,) tensors. The style targets are fixed at
-    construction and broadcast over the batch.
+    construction and broadcast over the batch. :func:`build_criterion` is the way in;
+    this constructor takes every ingredient explicitly (and defaults to the classic
+    Gram objective, whose terms have closed forms).
+
+    ``normalisation="scale_free"``: every layer's error is relative to its target's own
+    size: ``||F - P||^2 / ||P||^2`` for content, ``||G - A||^2 / ||A||^2`` for Grams and
+    the mean squared difference of quantiles over the style's mean squared quantile for
+    sliced Wasserstein. So a layer's width, its activation scale (random or pretrained
+    weights, any backbone) and the image size cancel out. The content term is the mean
+    over content layers, the style term the weighted mean (weights normalised to sum 1)
+    over style layers, so alpha and beta keep their balance across layer sets.
+    ``"classic"``: summed mean squared errors with the raw layer weights (Gatys et al.,
+    Johnson et al.).
+    ``style_statistic="sliced_wasserstein"`` needs ``sw_directions`` and ``sw_quantiles``
+    per style layer (see :func:`distill.losses.sliced_wasserstein_layer_loss`).
     """
 
     def __init__(
@@ -92,18 +185,37 @@ class StyleCriterion(nn.Module):
         style_weight: float,
         tv_weight: float,
         luminance_only: bool = False,
+        normalisation: str = "classic",
+        style_statistic: str = "gram",
+        sw_directions: Mapping[str, torch.Tensor] | None = None,
+        sw_quantiles: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        if style_statistic not in STYLE_STATISTICS:
+            raise ValueError(f"style_statistic must be one of {STYLE_STATISTICS}, got {style_statistic!r}")
         self.network = network
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
         self.style_layer_weights = dict(style_layer_weights)
+        if normalisation == "scale_free":
+            total = sum(self.style_layer_weights[layer] for layer in self.style_layers)
+            self.style_layer_weights = {layer: self.style_layer_weights[layer] / total for layer in self.style_layers}
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
         self.luminance_only = luminance_only
+        self.normalisation = normalisation
+        self.style_statistic = style_statistic
         for layer in self.style_layers:
-            self.register_buffer(f"target_gram_{layer.replace('.', '_')}", target_grams[layer].float())
+            self.register_buffer(f"target_gram_{_key(layer)}", target_grams[layer].float())
+        if style_statistic == "sliced_wasserstein":
+            if sw_directions is None or sw_quantiles is None:
+                raise ValueError("the sliced-Wasserstein statistic needs sw_directions and sw_quantiles")
+            for layer in self.style_layers:
+                self.register_buffer(f"sw_directions_{_key(layer)}", sw_directions[layer].float())
+                self.register_buffer(f"sw_quantiles_{_key(layer)}", sw_quantiles[layer].float())
 
     @property
     def weights_description(self) -> str:
@@ -111,7 +223,11 @@ class StyleCriterion(nn.Module):
 
     def target_gram(self, layer: str) -> torch.Tensor:
         """The blended style target of ``layer``: (1, C, C) float32."""
-        return getattr(self, f"target_gram_{layer.replace('.', '_')}")
+        return getattr(self, f"target_gram_{_key(layer)}")
+
+    def sw_target(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projection directions (C, K) and the style's quantiles (1, K, Q) of ``layer``."""
+        return getattr(self, f"sw_directions_{_key(layer)}"), getattr(self, f"sw_quantiles_{_key(layer)}")
 
     def measured(self, images: torch.Tensor) -> torch.Tensor:
         """What the loss network sees: the images, or their luminance in colour-preserving mode."""
@@ -144,16 +260,46 @@ class StyleCriterion(nn.Module):
         if content_targets is None:
             content_targets = self.content_targets(content)
         features = self.features(images)
-        content_term = sum(content_loss(features[layer], content_targets[layer]) for layer in self.content_layers)
-        grams = {layer: gram_matrix(features[layer]) for layer in self.style_layers}
-        targets = {layer: self.target_gram(layer) for layer in self.style_layers}
-        style_term = style_loss(grams, targets, self.style_layer_weights)
+        content_term = self.content_distance(features, content_targets)
+        style_term = self._style_term(features)
         tv_term = total_variation(images) if self.tv_weight else torch.zeros_like(style_term)
         return LossTerms(
             content=self.content_weight * content_term,
             style=self.style_weight * style_term,
             tv=self.tv_weight * tv_term,
         )
+
+    def content_distance(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The unweighted content term (B,) between two sets of features at the content layers."""
+        if self.normalisation == "classic":
+            return sum(content_loss(features[layer], targets[layer]) for layer in self.content_layers)
+        terms = [relative_content_loss(features[layer], targets[layer]) for layer in self.content_layers]
+        return sum(terms) / len(terms)
+
+    def _style_term(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for layer in self.style_layers:
+            error = self.style_layer_error(layer, features[layer])
+            if self.normalisation == "scale_free":
+                error = error / self._style_scale(layer)
+            term = self.style_layer_weights[layer] * error
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("the style term needs at least one layer")
+        return total
+
+    def _style_scale(self, layer: str) -> torch.Tensor:
+        """The style target's own size: its mean squared entry (Gram) or mean squared quantile (sliced Wasserstein)."""
+        if self.style_statistic == "gram":
+            return self.target_gram(layer).pow(2).mean().clamp_min(1e-12)
+        return self.sw_target(layer)[1].pow(2).mean().clamp_min(1e-12)
+
+    def style_layer_error(self, layer: str, features: torch.Tensor) -> torch.Tensor:
+        """Unnormalised error (B,) of one style layer's features against the style target."""
+        if self.style_statistic == "gram":
+            return style_layer_loss(gram_matrix(features), self.target_gram(layer))
+        directions, quantiles = self.sw_target(layer)
+        return sliced_wasserstein_layer_loss(features, directions, quantiles)
 
     def style_embedding(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> torch.Tensor:
         """Flattened upper-triangular Grams of ``layers`` concatenated: (B, D) float32.
@@ -167,6 +313,10 @@ class StyleCriterion(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def _key(layer: str) -> str:
+    return layer.replace(".", "_")
+
+
 def build_criterion(
     config: CriterionConfig,
     style_images: Sequence[torch.Tensor],
@@ -177,12 +327,17 @@ def build_criterion(
     """Build the criterion: loss network from ``config`` and blended style targets.
 
     ``style_images``: one or more (3, H, W) tensors in [0, 1]; each is resized to
-    ``config.style_size`` (long side) and its Grams are averaged with the weights
-    ``config.style_blend`` (normalised to sum to 1). ``network``: reuse an already built
-    loss network (it must match the config).
+    ``config.style_size`` (long side). Their Gram matrices are averaged with the weights
+    ``config.style_blend`` (normalised to sum to 1); for the sliced-Wasserstein statistic
+    their quantile functions are averaged with the same weights (the Wasserstein
+    barycentre along each direction). ``network``: reuse an already built loss network
+    (it must match the config). Warns (:class:`StyleTooSmallWarning`) when a style image is too
+    small for a deep style layer; raises :class:`CriterionError` when the network gives
+    non-finite features.
     """
     if not style_images:
         raise ValueError("at least one style image is needed")
+    config = config.resolved()
     blend = config.style_blend or tuple(1.0 for _ in style_images)
     if len(blend) != len(style_images):
         raise ValueError(f"{len(style_images)} style image(s) but {len(blend)} style blend weight(s)")
@@ -201,28 +356,64 @@ def build_criterion(
     network = network.to(device)
     channels = network.channels()
     layer_weights = layer_weights_for(style_layers, channels, config.layer_weighting)
+    weights = [w / float(sum(blend)) for w in blend]
 
-    probe = StyleCriterion(
+    sliced = config.style_statistic == "sliced_wasserstein"
+    directions = _projection_directions(channels, style_layers, seed=config.seed) if sliced else None
+    grams: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
+    quantiles: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
+    measure = luminance_as_rgb if config.luminance_only else (lambda x: x)
+    with torch.no_grad():
+        for image, weight in zip(style_images, weights):
+            if config.style_size is not None:
+                image = resize_image(image, long_side=config.style_size)
+            features = network(measure(image.unsqueeze(0).to(device)))
+            for layer in style_layers:
+                _check_style_features(features[layer], layer, image.shape[-2:], config.weights)
+                grams[layer] = grams[layer] + weight * gram_matrix(features[layer])
+                if directions is not None:
+                    projected = sorted_projections(features[layer], directions[layer].to(device))
+                    quantiles[layer] = quantiles[layer] + weight * resample_quantiles(projected, STYLE_QUANTILES)
+    return StyleCriterion(
         network,
         content_layers=content_layers,
         style_layers=style_layers,
         style_layer_weights=layer_weights,
-        target_grams={layer: torch.zeros(1, channels[layer], channels[layer]) for layer in style_layers},
+        target_grams=grams,
         content_weight=config.content_weight,
         style_weight=config.style_weight,
         tv_weight=config.tv_weight,
         luminance_only=config.luminance_only,
-    )
-    total_weight = float(sum(blend))
-    blended: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for image, weight in zip(style_images, blend):
-            if config.style_size is not None:
-                image = resize_image(image, long_side=config.style_size)
-            grams = probe.grams(image.unsqueeze(0).to(device))
-            for layer, gram in grams.items():
-                contribution = gram * (weight / total_weight)
-                blended[layer] = contribution if layer not in blended else blended[layer] + contribution
-    for layer in style_layers:
-        probe.target_gram(layer).copy_(blended[layer])
-    return probe.to(device)
+        normalisation=config.normalisation,
+        style_statistic=config.style_statistic,
+        sw_directions=directions,
+        sw_quantiles=quantiles if directions is not None else None,
+    ).to(device)
+
+
+def _projection_directions(channels: Mapping[str, int], layers: Sequence[str], *, seed: int) -> dict[str, torch.Tensor]:
+    """Fixed unit directions (C, C) per layer, seeded: the objective must not change between
+    L-BFGS iterations (Heitz et al. redraw them each step; a quasi-Newton method cannot)."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = {}
+    for layer in layers:
+        matrix = torch.randn(channels[layer], channels[layer], generator=generator)
+        directions[layer] = matrix / matrix.norm(dim=0, keepdim=True)
+    return directions
+
+
+def _check_style_features(features: torch.Tensor, layer: str, image_size: Sequence[int], weights: str) -> None:
+    height, width = features.shape[-2:]
+    if height * width < 4:
+        # Not an error: the other layers still carry the style, but this one says little.
+        warnings.warn(
+            f"the style image ({image_size[1]}x{image_size[0]} px) is small for style layer {layer!r}: its feature map "
+            f"is {width}x{height}, too few positions for style statistics; use a larger --style-size",
+            StyleTooSmallWarning,
+            stacklevel=3,
+        )
+    if not torch.isfinite(features).all():
+        raise CriterionError(
+            f"the loss network ({weights} weights) gives non-finite features for the style image at {layer!r}; "
+            "check the weights file"
+        )

@@ -81,13 +81,21 @@ def equivalent_iterations(trace_total: Sequence[float], student_objective: float
 
 
 def finest_scale_trace(trace: dict[str, list[float]]) -> list[float]:
-    """``trace["total"]`` with iterates of coarser scales set to ``inf``.
+    """The teacher's objective per iterate, as comparable with a student's 8-bit output.
 
-    A coarse-to-fine teacher's early iterates are smaller images whose objective is not
-    comparable with a full-size image's; masking them keeps the indices (k still counts
-    every iteration) but never lets a coarse iterate be the one that "reached" the student.
+    ``trace["total_8bit"]`` when the teacher recorded it (the objective of each iterate
+    clamped and rounded to 8 bits, every few iterations; iterates without a value count
+    as ``inf``, so k* rounds up to the next recorded one), else ``trace["total"]`` (older
+    stores). Iterates of coarser scales are set to ``inf``: a coarse-to-fine teacher's
+    early iterates are smaller images whose objective is not comparable with a full-size
+    image's; masking keeps the indices (k still counts every iteration) but never lets a
+    coarse iterate be the one that "reached" the student.
     """
-    totals = [float(v) for v in trace["total"]]
+    quantised = trace.get("total_8bit")
+    if quantised and len(quantised) == len(trace["total"]):
+        totals = [math.inf if v is None else float(v) for v in quantised]
+    else:
+        totals = [float(v) for v in trace["total"]]
     scales = trace.get("scale")
     if not scales or len(scales) != len(totals):
         return totals
@@ -236,6 +244,7 @@ def compare_images(
     student: torch.Tensor,
     *,
     embedding_layers: Sequence[str] | None = None,
+    style: torch.Tensor | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Metrics of student vs teacher images that share one content image each.
 
@@ -245,6 +254,11 @@ def compare_images(
     (student / teacher per term), ``psnr``, ``ssim`` and ``gram_distance``
     (:func:`embedding_distances` against the criterion's style target); and the Gram
     embeddings {"student"|"teacher"|"content": (B, D)} for t-SNE.
+
+    With ``style`` (3, h, w), each record also has ``baselines``: SSIM and PSNR to the
+    teacher of two images that need no student (the content itself, and the content
+    recoloured to the style's colour mean and covariance), and ``stylisation``: the
+    loss-network-free figures of :mod:`distill.stylemetrics` for teacher and student.
     """
     if not (content.shape == teacher.shape == student.shape) or content.dim() != 4:
         raise ValueError(
@@ -266,16 +280,34 @@ def compare_images(
     records = []
     for i in range(batch):
         objective = {"student": terms.item(i), "teacher": terms.item(batch + i), "content": terms.item(2 * batch + i)}
-        records.append(
-            {
-                "objective": objective,
-                "ratio": {t: safe_ratio(objective["student"][t], objective["teacher"][t]) for t in TERMS},
-                "psnr": psnr(student[i], teacher[i]),
-                "ssim": ssim(student[i], teacher[i]),
-                "gram_distance": embedding_distances(embeddings["student"][i], embeddings["teacher"][i], e_style),
-            }
-        )
+        record = {
+            "objective": objective,
+            "ratio": {t: safe_ratio(objective["student"][t], objective["teacher"][t]) for t in TERMS},
+            "psnr": psnr(student[i], teacher[i]),
+            "ssim": ssim(student[i], teacher[i]),
+            "gram_distance": embedding_distances(embeddings["student"][i], embeddings["teacher"][i], e_style),
+        }
+        if style is not None:
+            record.update(_baselines_and_stylisation(content[i], teacher[i], student[i], style))
+        records.append(record)
     return records, embeddings
+
+
+def _baselines_and_stylisation(content, teacher, student, style) -> dict[str, Any]:
+    from distill.stylemetrics import match_colour_statistics, stylisation_figures
+
+    content, teacher, student, style = (x.detach().float().cpu() for x in (content, teacher, student, style))
+    recoloured = quantize_8bit(match_colour_statistics(content, style))
+    return {
+        "baselines": {
+            "content": {"ssim": ssim(content, teacher), "psnr": psnr(content, teacher)},
+            "recoloured": {"ssim": ssim(recoloured, teacher), "psnr": psnr(recoloured, teacher)},
+        },
+        "stylisation": {
+            "teacher": stylisation_figures(teacher, content, style).as_dict(),
+            "student": stylisation_figures(student, content, style).as_dict(),
+        },
+    }
 
 
 # --------------------------------------------------------------------------- timing
@@ -376,7 +408,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not_reached:
         parts.append(f"{len(not_reached)} image(s) better than the teacher's final result (k* > iterations run)")
     k_summary["summary"] = "; ".join(parts)
-    return {
+    summary = {
         "images": len(records),
         "objective": objective,
         "ratio": ratio,
@@ -385,6 +417,63 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "gram_distance": {name: _mean([r["gram_distance"][name] for r in records]) for name in distance_names},
         "equivalent_iterations": k_summary,
     }
+    if records and all("baselines" in r for r in records):
+        summary["agreement"] = agreement(records)
+        summary["stylisation"] = {
+            who: {name: _mean([r["stylisation"][who][name] for r in records]) for name in STYLISATION_FIGURES}
+            for who in ("teacher", "student")
+        }
+        summary["diagnoses"] = diagnoses(summary)
+    return summary
+
+
+STYLISATION_FIGURES = ("colour_moved", "texture_moved", "structure_kept")
+#: A student output counts as stylised when it moved at least this far toward the style.
+STYLISED_COLOUR, STYLISED_TEXTURE = 0.3, 0.1
+
+
+def agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The headline: mean SSIM / PSNR to the teacher of the student and of the two no-student baselines."""
+    def means(pick):
+        return {"ssim": _mean([pick(r)["ssim"] for r in records]), "psnr": _mean([pick(r)["psnr"] for r in records])}
+
+    result = {
+        "student": means(lambda r: r),
+        "content": means(lambda r: r["baselines"]["content"]),
+        "recoloured": means(lambda r: r["baselines"]["recoloured"]),
+    }
+    best_name = max(("content", "recoloured"), key=lambda name: result[name]["ssim"])
+    result["best_baseline"] = best_name
+    result["margin"] = result["student"]["ssim"] - result[best_name]["ssim"]
+    result["beats_baselines"] = bool(result["margin"] > 0)
+    return result
+
+
+def diagnoses(summary: dict[str, Any]) -> list[str]:
+    """One line per thing that is wrong with the student (empty when nothing is)."""
+    lines = []
+    agree = summary["agreement"]
+    student_ssim = agree["student"]["ssim"]
+    best = agree["best_baseline"]
+    baseline_text = {"content": "the content photo itself", "recoloured": "the photo recoloured to the style"}[best]
+    if not agree["beats_baselines"]:
+        lines.append(
+            f"below baseline: the student agrees with its teacher less (SSIM {student_ssim:.3f}) than {baseline_text} "
+            f"does (SSIM {agree[best]['ssim']:.3f}), an image that needs no student"
+        )
+        ratio = summary["ratio"]["mean"]["total"]
+        if ratio < 1:
+            lines.append(
+                f"gamed objective: the criterion rates the student better than the teacher (ratio {ratio:.3g}) while it "
+                "does not look like the teacher's images: the objective is being gamed, trust the agreement"
+            )
+    figures = summary["stylisation"]["student"]
+    if figures["colour_moved"] < STYLISED_COLOUR or figures["texture_moved"] < STYLISED_TEXTURE:
+        lines.append(
+            f"not stylised: the student's outputs moved colour {figures['colour_moved']:.2f} and texture "
+            f"{figures['texture_moved']:.2f} toward the style (a stylised output reaches {STYLISED_COLOUR} and {STYLISED_TEXTURE})"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- gates
@@ -403,14 +492,35 @@ class GateResult:
 
 
 def check_gates(
-    report: dict[str, Any], *, min_ssim: float | None = None, max_objective_ratio: float | None = None
+    report: dict[str, Any],
+    *,
+    min_ssim: float | None = None,
+    max_objective_ratio: float | None = None,
+    beat_baselines: bool = False,
 ) -> list[GateResult]:
-    """Quality gates on the aggregate numbers: mean SSIM >= ``min_ssim``, mean objective ratio <= ``max_objective_ratio``.
+    """Quality gates on the aggregate numbers: mean SSIM to the teacher >= ``min_ssim``,
+    mean objective ratio <= ``max_objective_ratio``, and (``beat_baselines``) SSIM above
+    both no-student baselines.
 
     NaN values fail. Each result carries a one-line message saying by how much it passed or failed.
     """
     gates = []
     agg = report["aggregate"]
+    if beat_baselines:
+        if "agreement" not in agg:
+            gates.append(GateResult("--beat-baselines", 0.0, math.nan, False, "no baselines in the report (no style image)"))
+        else:
+            agree = agg["agreement"]
+            best = agree["best_baseline"]
+            margin = float(agree["margin"])
+            passed = margin > 0
+            gates.append(
+                GateResult(
+                    "--beat-baselines", float(agree[best]["ssim"]), float(agree["student"]["ssim"]), passed,
+                    f"student SSIM {agree['student']['ssim']:.4f} is {'above' if passed else 'not above'} the {best} "
+                    f"baseline's {agree[best]['ssim']:.4f} (margin {margin:+.4f})",
+                )
+            )
     if min_ssim is not None:
         value = float(agg["ssim"]["mean"])
         passed = value >= min_ssim
@@ -580,6 +690,8 @@ def evaluate_fidelity(
     extra = metadata.get("extra") or {}
 
     count = len(pairs) if options.max_images is None else min(len(pairs), options.max_images)
+    # Baselines and stylisation figures are measured against the (first) style, as the teacher saw it.
+    reference_style = store.style_images(config_hash)[0]
     records: list[dict[str, Any]] = []
     contents, teachers, outputs, names = [], [], [], []
     embeddings: dict[str, list[np.ndarray]] = {"student": [], "teacher": [], "content": []}
@@ -599,7 +711,7 @@ def evaluate_fidelity(
 
             output = transfer_luminance(output, content)
         output = quantize_8bit(output)
-        (record,), embedded = compare_images(criterion, content, teacher, output, embedding_layers=layers)
+        (record,), embedded = compare_images(criterion, content, teacher, output, embedding_layers=layers, style=reference_style)
         trace = finest_scale_trace(store.trace(entry))
         k = equivalent_iterations(trace, record["objective"]["student"]["total"])
         per_iteration = entry.seconds / max(1, entry.iterations_run)
@@ -660,8 +772,8 @@ def evaluate_fidelity(
     warnings: list[str] = []
     if random_weights:
         warnings.append(
-            "the loss network has RANDOM weights: every objective, ratio, k* and Gram distance here measures nothing "
-            "meaningful about style; use a store made with pretrained weights (or --weights PATH) for real numbers"
+            "the loss network has RANDOM weights: objectives, ratios, k* and Gram distances are those of a random "
+            "texture model, not learned features; the agreement and stylisation figures do not use the loss network"
         )
     if options.weights is not None and any(w != weights for w in teacher_weights):
         warnings.append(

@@ -43,21 +43,6 @@ def style_layer_loss(gram: torch.Tensor, target_gram: torch.Tensor) -> torch.Ten
     return (gram - target_gram).pow(2).flatten(1).mean(dim=1)
 
 
-def style_loss(
-    grams: Mapping[str, torch.Tensor],
-    target_grams: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
-) -> torch.Tensor:
-    """Weighted sum over layers of :func:`style_layer_loss` -> (B,)."""
-    total = None
-    for layer, weight in layer_weights.items():
-        term = weight * style_layer_loss(grams[layer], target_grams[layer])
-        total = term if total is None else total + term
-    if total is None:
-        raise ValueError("style_loss needs at least one layer")
-    return total
-
-
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between neighbouring pixels (B, C, H, W) -> (B,).
 
@@ -89,3 +74,44 @@ def layer_weights_for(
     if scheme == "inverse_square_channels":
         return {layer: 1.0 / channels[layer] ** 2 for layer in layers}
     raise ValueError(f"unknown layer weighting {scheme!r}; use 'inverse_square_channels', 'equal' or a mapping")
+
+
+def relative_content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||F - P||^2 / ||P||^2`` per image, (B, C, H, W) -> (B,).
+
+    Scale-free: the same value whatever the layer's width, its activation scale (random
+    or pretrained weights) or the image size, so one alpha means the same everywhere.
+    """
+    diff = features.float() - target.float()
+    return diff.pow(2).flatten(1).sum(dim=1) / target.float().pow(2).flatten(1).sum(dim=1).clamp_min(1e-12)
+
+
+def sorted_projections(features: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Feature vectors (B, C, H, W) projected on unit ``directions`` (C, K), sorted over positions: (B, K, H*W)."""
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        flat = features.float().flatten(2)
+        projected = torch.einsum("bcn,ck->bkn", flat, directions.float())
+        return projected.sort(dim=-1).values
+
+
+def resample_quantiles(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted samples (B, K, M) -> their quantile function at ``count`` evenly spaced levels (B, K, count)."""
+    if sorted_values.shape[-1] == count:
+        return sorted_values
+    return torch.nn.functional.interpolate(sorted_values, size=count, mode="linear", align_corners=False)
+
+
+def sliced_wasserstein_layer_loss(features: torch.Tensor, directions: torch.Tensor, target_quantiles: torch.Tensor) -> torch.Tensor:
+    """Squared sliced Wasserstein-2 distance between the feature vectors of each image and the style's.
+
+    ``features`` (B, C, H, W); ``directions`` (C, K) unit vectors; ``target_quantiles``
+    (1, K, Q) the style's sorted projections. Returns (B,): the mean over directions and
+    positions of the squared difference between the image's sorted projections and the
+    style's quantile function at the same levels. Unlike a Gram matrix, which keeps only
+    second moments, this matches the whole distribution of responses (Heitz et al.
+    2021), so flat areas with sharp edges and Gaussian speckle, which can share a
+    Gram matrix, are told apart.
+    """
+    projected = sorted_projections(features, directions)
+    target = resample_quantiles(target_quantiles.float(), projected.shape[-1])
+    return (projected - target).pow(2).mean(dim=(1, 2))

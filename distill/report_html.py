@@ -238,6 +238,36 @@ code { background: #f5f5f5; padding: 1px 4px; }
 """
 
 
+def _headline(agg: dict[str, Any]) -> list[str]:
+    """Agreement with the teacher next to the no-student baselines, and the stylisation figures."""
+    agree, figures = agg["agreement"], agg["stylisation"]
+    rows = [
+        ("student", agree["student"], True),
+        ("baseline: the content photo itself", agree["content"], False),
+        ("baseline: the photo recoloured to the style", agree["recoloured"], False),
+    ]
+    parts = ["<h2>Headline: agreement with the teacher on " + f"{agg['images']} image(s)</h2><table>",
+             "<tr><th class='l'></th><th>SSIM to teacher</th><th>PSNR to teacher (dB)</th></tr>"]
+    for name, values, bold in rows:
+        cell = (lambda v: f"<b>{fmt(v)}</b>") if bold else fmt
+        parts.append(f"<tr><td class='l'>{_e(name)}</td><td>{cell(values['ssim'])}</td><td>{cell(values['psnr'])}</td></tr>")
+    verdict = "above" if agree["beats_baselines"] else "NOT above"
+    parts.append("</table>")
+    parts.append(f"<p>The student is <b>{verdict}</b> the best baseline ({_e(agree['best_baseline'])}) by "
+                 f"{agree['margin']:+.3f} SSIM.</p>")
+    parts.append("<table><tr><th class='l'>stylisation (no loss network)</th><th>colour moved to style</th>"
+                 "<th>texture moved beyond recolouring</th><th>structure of the photo kept</th></tr>")
+    for who in ("teacher", "student"):
+        f = figures[who]
+        parts.append(f"<tr><td class='l'>{who}</td><td>{f['colour_moved']:.2f}</td><td>{f['texture_moved']:.2f}</td>"
+                     f"<td>{f['structure_kept']:.2f}</td></tr>")
+    parts.append("</table><p>Colour: how far the pixel colours moved from the photo's toward the style's (1 = the "
+                 "style's). Texture: the same for gradient and spectrum statistics, relative to the photo recoloured "
+                 "to the style (0 = no more than a recolouring). Structure: correlation of the photo's edges with the "
+                 "output's.</p>")
+    return parts
+
+
 def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
     """The report page. ``files``: relative paths of the written files (see :func:`write_report`)."""
     agg, speed, targets, run = report["aggregate"], report["speed"], report["targets"], report["run"]
@@ -250,11 +280,13 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
     if report["random_weights"]:
         parts.append(
             '<div class="banner">RANDOM LOSS-NETWORK WEIGHTS: the loss network was not pretrained '
-            f"({_e(report['weights'])}). Objectives, ratios, k* and Gram distances measure nothing meaningful "
-            "about style; this report only shows that the pipeline runs.</div>"
+            f"({_e(report['weights'])}). Objectives, ratios, k* and Gram distances are those of a random texture "
+            "model; the agreement and stylisation figures below do not use the loss network.</div>"
         )
     student = run.get("student") or {}
     parts.append(f"<h1>Teacher vs student: fidelity report</h1>")
+    for line in agg.get("diagnoses", []):
+        parts.append(f'<div class="fail">{_e(line)}</div>')
     for warning in report.get("warnings", []):
         if not (report["random_weights"] and warning == report.get("warning")):
             parts.append(f'<div class="warn">{_e(warning)}</div>')
@@ -276,8 +308,11 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
     ]
     parts.append('<table class="meta">' + "".join(f"<tr><th class='l'>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in meta) + "</table>")
 
-    # Summary
-    parts.append("<h2>Summary</h2><table>")
+    if "agreement" in agg:
+        parts.extend(_headline(agg))
+
+    # Secondary: the objective the teacher optimised
+    parts.append("<h2>Objective (secondary: a low objective alone is not fidelity)</h2><table>")
     parts.append("<tr><th class='l'>objective (mean)</th>" + "".join(f"<th>{t}</th>" for t in TERMS) + "</tr>")
     for who in ("student", "teacher", "content"):
         parts.append(f"<tr><td class='l'>{who}</td>" + "".join(f"<td>{fmt(agg['objective'][who][t])}</td>" for t in TERMS) + "</tr>")

@@ -197,6 +197,7 @@ class TargetStore:
         for an unreadable style image (before anything is written).
         """
         root = Path(root)
+        teacher_config = teacher_config.resolved()  # the store records what runs, never "auto"
         if not style_paths:
             raise StoreError("at least one style image is needed")
         style_paths = [Path(p) for p in style_paths]
@@ -656,5 +657,8 @@ def _fsync_dir(folder: Path) -> None:
 def describe_config(config: TeacherConfig) -> str:
     """A one-line summary of a teacher config for listings."""
     c = config.criterion
-    return f"{c.backbone}/{c.weights}, size {config.size}, {config.iterations} iters, init {config.init}"
+    return (
+        f"{c.backbone}/{c.weights}, {c.normalisation} {c.style_statistic}, size {config.size}, "
+        f"{config.iterations} iters, init {config.init}"
+    )
 

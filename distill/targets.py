@@ -116,8 +116,8 @@ class GenerationSummary:
         out.append(f"  loss-network weights: {self.weights}")
         if self.random_weights:
             out.append(
-                "  !!! RANDOM LOSS-NETWORK WEIGHTS: these targets are NOT real style transfer. "
-                "Use them for tests and demos only; use --weights pretrained (or a weights file) for real targets."
+                "  !!! RANDOM LOSS-NETWORK WEIGHTS: these targets come from a seeded random texture network, "
+                "not learned VGG-19 features; use --weights pretrained (or a weights file) for those."
             )
         return out
 
@@ -199,6 +199,7 @@ def generate_targets(
 
     started = time.perf_counter()
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    teacher_config = teacher_config.resolved()  # the store records what ran, not "auto"
     if batch_size < 1:
         raise GenerationInputError(f"--batch-size must be at least 1, got {batch_size}")
     shard_index, shard_count = shard
@@ -251,8 +252,8 @@ def generate_targets(
     )
     if summary.random_weights:
         log(
-            "WARNING: the loss network has RANDOM weights (--weights random): the targets will NOT be real "
-            "style transfer; use them for tests only."
+            "WARNING: the loss network has RANDOM weights (--weights random): a seeded random texture network "
+            "stylises, but not as learned VGG-19 features would."
         )
     _remove_stale_temp_files(store, config_hash)
 

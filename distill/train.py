@@ -14,11 +14,10 @@ hidden state, so ``resume=True`` continues exactly and ``W`` processes that each
 ``batch_size / W`` slice of the same global batch compute the same loss as one process.
 
 Colour-preserving stores (``criterion.luminance_only``): the teacher optimised luminance
-and then put the content's chroma back (``transfer_luminance``). The criterion already
-measures luminance only, and the distillation terms compare luminance too (through
-``criterion.measured``), so the student's chroma is free; apply
-``distill.color.transfer_luminance(student(c), c)`` at inference, as the teacher did.
-Checkpoints record ``luminance_only`` in their metadata.
+and then put the content's chroma back (``transfer_luminance``). The student is built
+with ``preserve_color=True`` (:class:`students.registry.ColourPreservingStudent`), so it
+does the same inside the model: checkpoints, tiled inference and every export keep the
+content's colours. Checkpoints also record ``luminance_only`` in their metadata.
 
 Run directory layout::
 
@@ -27,7 +26,7 @@ Run directory layout::
     RUN_DIR/tensorboard/                TensorBoard event files
     RUN_DIR/samples/step_XXXXXXX.png    content | teacher | student rows
     RUN_DIR/checkpoints/last.safetensors    latest student (students.checkpoint format)
-    RUN_DIR/checkpoints/best.safetensors    best student by held-out criterion total
+    RUN_DIR/checkpoints/best.safetensors    best student by held-out SSIM to the teacher
     RUN_DIR/checkpoints/last_state.pt       optimiser / scaler / RNG / step state for --resume
 """
 
@@ -54,7 +53,6 @@ from torch import nn
 from distill.config import from_dict, load_yaml, replace, to_dict
 from distill.fileio import atomic_path, write_text_atomic
 from distill.imaging import resize_image
-from distill.losses import content_loss
 
 DISTILL_KINDS = ("pixel_l1", "pixel_l2", "feature")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -185,7 +183,7 @@ class TrainResult:
     step: int  # last completed step
     history: list[dict[str, float]]  # per step of this invocation: step, lr and the (all-reduced) loss terms
     evaluations: list[dict[str, float]]  # held-out metrics of this invocation
-    best: dict[str, float] | None  # {"step", "total"} of best.safetensors
+    best: dict[str, float] | None  # {"step", "ssim", "total"} of best.safetensors
     last_checkpoint: Path
     best_checkpoint: Path | None
 
@@ -345,8 +343,9 @@ def distill_terms(
 
     ``output``, ``target``: (B, 3, H, W) in [0, 1]. Images are compared as the criterion
     sees them (``criterion.measured``: luminance in colour-preserving mode).
-    ``feature`` is the MSE of the loss network's features at the criterion's content
-    layers; pass precomputed ``output_features`` / ``target_features`` to save passes.
+    ``feature`` is the criterion's content distance (:meth:`StyleCriterion.content_distance`)
+    between the two images' features at its content layers; pass precomputed
+    ``output_features`` / ``target_features`` to save passes.
     """
     terms: dict[str, torch.Tensor] = {}
     if "pixel_l1" in kinds or "pixel_l2" in kinds:
@@ -361,9 +360,8 @@ def distill_terms(
         if target_features is None:
             with torch.no_grad():
                 target_features = criterion.features(target)
-        terms["feature"] = sum(
-            content_loss(output_features[layer], target_features[layer]) for layer in criterion.content_layers
-        )
+        # The criterion's own content distance: relative per layer with scale-free terms.
+        terms["feature"] = criterion.content_distance(output_features, target_features)
     return {kind: terms[kind] for kind in kinds}
 
 
@@ -599,10 +597,14 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean held-out metrics in float32, each image whole at long side ``config.eval_size``.
 
-    ``total`` (the criterion, what selects best.safetensors), ``content``, ``style``,
-    ``tv``, ``distill_<kind>`` (unweighted) and ``teacher_total`` (the criterion of the
-    teacher's own images at that size, for reference), ``ratio`` = total / teacher_total.
+    ``ssim`` (the student's 8-bit output against the teacher's image: what selects
+    best.safetensors, because agreement with the teacher, unlike the criterion, cannot be
+    met by an output that does not look like the teacher's), ``total`` (the criterion),
+    ``content``, ``style``, ``tv``, ``distill_<kind>`` (unweighted) and ``teacher_total``
+    (the criterion of the teacher's own images at that size), ``ratio`` = total / teacher_total.
     """
+    from distill.fidelity import quantize_8bit, ssim
+
     was_training = student.training
     student.eval()
     count = len(pairs) if config.eval_max_images is None else min(len(pairs), config.eval_max_images)
@@ -621,6 +623,7 @@ def evaluate(
                 if teacher_cache is not None:
                     teacher_cache[index] = teacher_total
             values["teacher_total"] = teacher_total
+            values["ssim"] = ssim(quantize_8bit(output[0]), target[0])
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + float(value if isinstance(value, float) else value.sum())
     finally:
@@ -779,7 +782,10 @@ def train(
             eval_pairs, eval_split = train_pairs, "train"
 
         _seed_everything(config.seed)
-        student = students.create_student(config.student, **config.student_kwargs).to(device)
+        # A colour-preserving teacher's student carries the chroma transfer inside the model.
+        student = students.create_student(
+            config.student, preserve_color=bool(criterion.luminance_only), **config.student_kwargs
+        ).to(device)
         if config.channels_last:
             student = student.to(memory_format=torch.channels_last)
             criterion = criterion.to(memory_format=torch.channels_last)
@@ -896,10 +902,10 @@ def train(
                     latest_eval = {"step": step, **evaluated}
                     evaluations.append(latest_eval)
                     files.record(step, eval_split if eval_split == "heldout" else "train_eval", evaluated)
-                    _write(bar, f"step {step}: {eval_split} criterion {evaluated['total']:.5g} "
-                                f"(teacher {evaluated.get('teacher_total', float('nan')):.5g})")
-                    if best is None or evaluated["total"] < best["total"]:
-                        best = {"step": step, "total": evaluated["total"]}
+                    _write(bar, f"step {step}: {eval_split} SSIM to teacher {evaluated['ssim']:.4f}, criterion "
+                                f"{evaluated['total']:.5g} (teacher {evaluated.get('teacher_total', float('nan')):.5g})")
+                    if best is None or evaluated["ssim"] > best["ssim"]:
+                        best = {"step": step, "ssim": evaluated["ssim"], "total": evaluated["total"]}
                         save_student(student, paths["best"], extra={**extra_base, "step": step, "kind": "best",
                                                                     "heldout": latest_eval, "best": best})
                 if writes[2]:
@@ -999,8 +1005,8 @@ def _announce(config: TrainConfig, start_step: int, device: torch.device, dist_i
           f"{config.steps} steps, batch {config.batch_size}, {config.precision} on {where}", flush=True)
     print(f"train: loss network weights: {weights}", flush=True)
     if random_weights:
-        print("WARNING: the loss network has RANDOM weights: losses and the trained student are for "
-              "pipeline tests only, not real stylisation (recorded in the checkpoint metadata).", flush=True)
+        print("WARNING: the loss network has RANDOM weights: a seeded random texture network, not learned "
+              "VGG-19 features (recorded in the checkpoint metadata).", flush=True)
     if eval_split != "heldout":
         print("WARNING: the store has no held-out targets; best.safetensors is chosen on training targets.", flush=True)
     files.writer.add_text("config", "```\n" + _yaml(to_dict(config)) + "\n```", start_step)

@@ -1,13 +1,19 @@
 #!/usr/bin/env python
-"""Teacher vs student: a fidelity report (objective ratios, equivalent teacher iterations k*,
-PSNR/SSIM, Gram distances, speed, t-SNE of style embeddings) for a trained student.
+"""Teacher vs student: a fidelity report for a trained student, on held-out photos.
+
+The headline is agreement with the teacher (SSIM, PSNR) next to two baselines that need
+no student (the photo itself, and the photo recoloured to the style's colours), plus how
+much style the student took and how much of the photo it kept, against the teacher.
+Objective ratios, equivalent teacher iterations k*, Gram distances, speed and a t-SNE of
+style embeddings follow as secondary figures. Anything wrong (below a baseline, a gamed
+objective, not stylised) is one line each, on the console and in red in the report.
 
     python scripts/compare.py --run runs/mosaic --targets store/ --out report/
-    python scripts/compare.py --run runs/mosaic --targets store/ --out report/ --min-ssim 0.6 --max-objective-ratio 1.5
+    python scripts/compare.py --run runs/mosaic --targets store/ --out report/ --min-ssim 0.6 --beat-baselines
 
 Writes REPORT_DIR/report.json, index.html (open it from disk), grid.png, tsne.png and
-tsne_scatter.png. Exit codes: 0 done, 1 a --min-ssim / --max-objective-ratio gate failed
-(the report is still written), 2 bad input (missing run, checkpoint or store, empty split).
+tsne_scatter.png. Exit codes: 0 done, 1 a gate failed (the report is still written),
+2 bad input (missing run, checkpoint or store, empty split).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher iterations to time when the store's timings come from another device type (default %(default)s)")
     p.add_argument("--tsne-seed", type=int, default=defaults.tsne_seed, help="random_state of PCA and t-SNE (default %(default)s)")
     p.add_argument("--min-ssim", type=float, help="exit 1 if the mean SSIM (student vs teacher) is below this")
+    p.add_argument("--beat-baselines", action="store_true",
+                   help="exit 1 unless the student agrees with the teacher better than both no-student baselines")
     p.add_argument("--max-objective-ratio", type=float, help="exit 1 if the mean student/teacher objective ratio is above this")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -77,19 +85,36 @@ def main() -> int:
         )
     report = result.report
     warn_if_random(report["weights"])
-    gates = check_gates(report, min_ssim=args.min_ssim, max_objective_ratio=args.max_objective_ratio)
+    gates = check_gates(
+        report, min_ssim=args.min_ssim, max_objective_ratio=args.max_objective_ratio, beat_baselines=args.beat_baselines
+    )
     report["gates"] = [gate.to_dict() for gate in gates]
     write_report(result, args.out)
 
     agg, speed = report["aggregate"], report["speed"]
+    agree = agg["agreement"]
     print(
-        f"compare: {agg['images']} {args.split} image(s); objective ratio student/teacher {fmt(agg['ratio']['mean']['total'])} "
-        f"(content {fmt(agg['ratio']['mean']['content'])}, style {fmt(agg['ratio']['mean']['style'])}); "
-        f"SSIM {fmt(agg['ssim']['mean'])}, PSNR {fmt(agg['psnr']['mean'])} dB; {agg['equivalent_iterations']['summary']}; "
-        f"teacher {fmt(speed['teacher_seconds_per_image'])} s vs student {fmt(speed['student_ms_per_image'])} ms per image "
-        f"= {fmt(speed['speedup'])}x ({speed['teacher_source']})",
+        f"compare: {agg['images']} {args.split} image(s); agreement with the teacher: student SSIM "
+        f"{fmt(agree['student']['ssim'])} / PSNR {fmt(agree['student']['psnr'])} dB vs baselines: photo "
+        f"{fmt(agree['content']['ssim'])} / {fmt(agree['content']['psnr'])} dB, recoloured photo "
+        f"{fmt(agree['recoloured']['ssim'])} / {fmt(agree['recoloured']['psnr'])} dB",
         file=sys.stderr,
     )
+    teacher_fig, student_fig = agg["stylisation"]["teacher"], agg["stylisation"]["student"]
+    print(
+        "compare: stylisation (colour / texture moved toward the style, structure kept): teacher "
+        f"{teacher_fig['colour_moved']:.2f} / {teacher_fig['texture_moved']:.2f} / {teacher_fig['structure_kept']:.2f}, "
+        f"student {student_fig['colour_moved']:.2f} / {student_fig['texture_moved']:.2f} / {student_fig['structure_kept']:.2f}",
+        file=sys.stderr,
+    )
+    print(
+        f"compare: secondary: objective ratio student/teacher {fmt(agg['ratio']['mean']['total'])}; "
+        f"{agg['equivalent_iterations']['summary']}; teacher {fmt(speed['teacher_seconds_per_image'])} s vs student "
+        f"{fmt(speed['student_ms_per_image'])} ms per image = {fmt(speed['speedup'])}x ({speed['teacher_source']})",
+        file=sys.stderr,
+    )
+    for line in agg["diagnoses"]:
+        print(f"WARNING: {line}", file=sys.stderr)
     print(f"compare: wrote {args.out / 'index.html'} and report.json, grid.png, tsne.png", file=sys.stderr)
     failed = [gate for gate in gates if not gate.passed]
     for gate in failed:

@@ -27,17 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Random-weight VGG features are far weaker than pretrained ones; this style weight makes
-# the stylisation visible with them. Pretrained weights use the toolkit's default.
-RANDOM_WEIGHTS_STYLE_WEIGHT = 1e8
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="everything goes here (default %(default)s)")
     parser.add_argument("--weights", default="random", help="loss network: random (offline, default), pretrained, or a weights file")
     parser.add_argument("--size", type=int, default=96, help="teacher and training size, long side in px (default %(default)s)")
-    parser.add_argument("--iters", type=int, default=30, help="teacher L-BFGS evaluations per image (default %(default)s)")
+    parser.add_argument("--iters", type=int, default=150, help="teacher L-BFGS evaluations per image (default %(default)s)")
     parser.add_argument("--steps", type=int, default=100, help="student training steps (default %(default)s)")
     parser.add_argument("--student", default="fast", help="student architecture (default %(default)s)")
     parser.add_argument("--images", type=int, default=7, help="number of sample photos (default %(default)s)")
@@ -52,17 +47,15 @@ def main() -> int:
     started = time.perf_counter()
     if args.weights == "random":
         print(
-            "NOTE: offline mode: the loss network has RANDOM weights (no download needed). The pipeline is the real one, "
-            "but the numbers do not measure real style transfer. Use --weights pretrained for that.",
+            "NOTE: offline mode: the loss network has RANDOM weights (no download needed): a seeded texture network "
+            "that stylises, not learned VGG-19 features. Use --weights pretrained for those.",
             flush=True,
         )
     style = save_image(stained_glass(size=256), data / "style" / "stained_glass.png")
     contents = write_sample_contents(data / "content", long_side=max(args.size * 2, 256), count=args.images, square=True)
     print(f"sample data: {len(contents)} photos in {data / 'content'}, style {style}", flush=True)
 
-    teacher = ["--weights", args.weights, "--size", str(args.size), "--iters", str(args.iters), "--style-size", "256"]
-    if args.weights == "random":
-        teacher += ["--style-weight", str(RANDOM_WEIGHTS_STYLE_WEIGHT)]
+    teacher = ["--weights", args.weights, "--size", str(args.size), "--iters", str(args.iters)]
     _stage(1, "teacher targets", "generate_targets.py", "--content-dir", data / "content", "--style", style, "--out", store,
            "--batch-size", "4", "--device", args.device, *teacher)
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.step and result.best is not None:
         print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "
-              f"(step {result.best['step']}, held-out criterion {result.best['total']:.5g})")
+              f"(step {result.best['step']}, held-out SSIM to the teacher {result.best['ssim']:.4f})")
     return 0
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
+
+from distill.color import transfer_luminance
 
 StudentFactory = TypeVar("StudentFactory", bound=Callable[..., nn.Module])
 
@@ -37,7 +40,32 @@ def list_students() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create_student(name: str, **kwargs: Any) -> nn.Module:
+class ColourPreservingStudent(nn.Module):
+    """A student whose output keeps its input's colours: the wrapped network's luminance
+    with the input's chroma (YIQ I and Q), as a colour-preserving teacher returns.
+
+    Part of the model, so checkpoints, tiled inference and every export format apply it
+    (a flag beside the weights would be lost by the first runtime that ignores it).
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.stride = getattr(student, "stride", 1)
+        self.min_side = getattr(student, "min_side", 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return transfer_luminance(self.student(images), images)
+
+    def __getattr__(self, name: str) -> Any:
+        # Training hooks such as timm_encoder's unfreeze_encoder() live on the wrapped student.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["student"], name)
+
+
+def create_student(name: str, *, preserve_color: bool = False, **kwargs: Any) -> nn.Module:
     """Build the student registered as ``name``.
 
     Every student maps an image batch of shape (B, 3, H, W), float RGB in
@@ -45,6 +73,8 @@ def create_student(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: one of :func:`list_students`.
+        preserve_color: wrap the network in :class:`ColourPreservingStudent`, for
+            students of colour-preserving teachers.
         **kwargs: keyword hyperparameters of that student; they must be
             JSON-serialisable because they are stored in checkpoints.
 
@@ -59,7 +89,7 @@ def create_student(name: str, **kwargs: Any) -> nn.Module:
     if factory is None:
         known = ", ".join(list_students()) or "(none)"
         raise ValueError(f"unknown student {name!r}; known students: {known}")
-    spec = {"name": name, "kwargs": dict(kwargs)}
+    spec = {"name": name, "kwargs": {**kwargs, **({"preserve_color": True} if preserve_color else {})}}
     try:
         json.dumps(spec)
     except (TypeError, ValueError) as error:
@@ -68,5 +98,7 @@ def create_student(name: str, **kwargs: Any) -> nn.Module:
             f"student {name!r} kwargs must be JSON-serialisable to be checkpointed: {error}"
         ) from error
     model = factory(**kwargs)
+    if preserve_color:
+        model = ColourPreservingStudent(model)
     model.student_spec = spec
     return model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -17,8 +17,13 @@ from distill.color import transfer_luminance
 from distill.criterion import CriterionConfig, StyleCriterion
 from distill.imaging import resize_image
 from teachers.lbfgs import BatchedLBFGS
+from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
 
 INIT_CHOICES = ("content", "noise", "style")
+#: Every this many iterations (and for the result) the teacher also records its objective on
+#: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
+#: what a student's rounded output must be compared with for "equivalent iterations".
+QUANTISED_TRACE_INTERVAL = 5
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,25 @@ class TeacherConfig:
     tolerance_grad: float = 1e-7  # stop an image when its largest gradient entry falls below this
     tolerance_change: float = 1e-9  # ... or its loss / step changes less than this
     seed: int = 0  # seeds the noise initialisation
+    # What L-BFGS moves: "pixels", or "laplacian" pyramid bands (patches and strokes form
+    # before speckle; see teachers.pyramid). auto: laplacian, except pixels for the classic objective.
+    parameterisation: str = "auto"
+    pyramid_gain: float = 1.5  # step scale of each coarser Laplacian band relative to the next finer one
+
+    def resolved_parameterisation(self) -> str:
+        if self.parameterisation != "auto":
+            return self.parameterisation
+        return "pixels" if self.criterion.normalisation == "classic" else "laplacian"
+
+    def resolved(self) -> "TeacherConfig":
+        """This config with every ``"auto"`` decided (what stores and reports record)."""
+        return replace(self, criterion=self.criterion.resolved(), parameterisation=self.resolved_parameterisation())
 
     def __post_init__(self) -> None:
+        if self.parameterisation not in ("auto", *PARAMETERISATIONS):
+            raise ValueError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
+        if not self.pyramid_gain > 0:
+            raise ValueError(f"pyramid_gain must be positive, got {self.pyramid_gain}")
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales[-1] != 1.0:
@@ -50,7 +72,9 @@ class TeacherResult:
     """Output of :func:`stylize`, per image of the batch."""
 
     images: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
-    traces: list[dict[str, list[float]]]  # per image: total/content/style/tv/scale per iterate, last = final image
+    # per image: total/content/style/tv/scale per iterate, last = final image; total_8bit: the
+    # objective of the clamped 8-bit iterate every QUANTISED_TRACE_INTERVAL iterates (else None)
+    traces: list[dict[str, list[float | None]]]
     final: list[dict[str, float]]  # per image: loss terms of the returned image
     iterations_run: list[int]  # gradient evaluations actually spent per image
     stop_reasons: list[str]  # "budget", "converged (...)" or "non-finite loss"
@@ -112,8 +136,8 @@ def _stylize(
     total_evaluations = config.iterations * batch
     started = time.perf_counter()
 
-    traces: list[dict[str, list[float]]] = [
-        {"total": [], "content": [], "style": [], "tv": [], "scale": []} for _ in range(batch)
+    traces: list[dict[str, list[float | None]]] = [
+        {"total": [], "content": [], "style": [], "tv": [], "scale": [], "total_8bit": []} for _ in range(batch)
     ]
     iterations_run = [0] * batch
     stop_reasons = ["budget"] * batch
@@ -127,8 +151,9 @@ def _stylize(
         else:
             image = resize_image(image.clamp(0, 1), size=size)
         content_targets = criterion.content_targets(scaled_content)
+        variables = ImageParameterisation(config.resolved_parameterisation(), height=size[0], width=size[1], gain=config.pyramid_gain)
         optimiser = BatchedLBFGS(
-            image.reshape(batch, -1).clone(),
+            variables.encode(image).clone(),
             history_size=config.history_size,
             lr=config.learning_rate,
             tolerance_grad=config.tolerance_grad,
@@ -140,11 +165,20 @@ def _stylize(
             rows = optimiser.active.nonzero().flatten()
             if rows.numel() == 0:
                 break
-            x = optimiser.x[rows].reshape(len(rows), 3, *size).requires_grad_(True)
-            terms = criterion(x, content_targets={k: v[rows] for k, v in content_targets.items()})
-            (grad,) = torch.autograd.grad(terms.total.sum(), x)
+            point = optimiser.x[rows].clone().requires_grad_(True)
+            terms = criterion(variables.decode(point), content_targets={k: v[rows] for k, v in content_targets.items()})
+            (grad,) = torch.autograd.grad(terms.total.sum(), point)
+            finest = scale_index == len(config.scales) - 1
+            quantised = None
+            if finest and iterations_run[int(rows[0])] % QUANTISED_TRACE_INTERVAL == 0:
+                with torch.no_grad():
+                    quantised = criterion(
+                        _as_saved(variables.decode(point.detach()), scaled_content[rows], criterion.luminance_only),
+                        content_targets={k: v[rows] for k, v in content_targets.items()},
+                    ).total
             for position, row in enumerate(rows.tolist()):
                 _record(traces[row], terms, position, scale_index)
+                traces[row]["total_8bit"].append(None if quantised is None else float(quantised[position]))
                 iterations_run[row] += 1
             report = optimiser.step(rows, terms.total, grad.reshape(len(rows), -1))
             for row, reason in enumerate(report.stopped_reason):
@@ -153,16 +187,20 @@ def _stylize(
             evaluations_done += len(rows)
             if progress is not None:
                 progress(evaluations_done, total_evaluations)
-        image = optimiser.x.reshape(batch, 3, *size)
+        with torch.no_grad():
+            image = variables.decode(optimiser.x)
 
     result = image.clamp(0, 1)
     if criterion.luminance_only:
         result = transfer_luminance(result, content)
     with torch.no_grad():
-        final_terms = criterion(result, content_targets=criterion.content_targets(content))
+        final_targets = criterion.content_targets(content)
+        final_terms = criterion(result, content_targets=final_targets)
+        final_8bit = criterion(_as_saved(result, content, criterion.luminance_only), content_targets=final_targets).total
     final = [final_terms.item(i) for i in range(batch)]
     for row in range(batch):
         _record(traces[row], final_terms, row, len(config.scales) - 1)
+        traces[row]["total_8bit"].append(float(final_8bit[row]))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TeacherResult(
@@ -174,6 +212,14 @@ def _stylize(
         seconds=time.perf_counter() - started,
         weights=criterion.weights_description,
     )
+
+
+def _as_saved(images: torch.Tensor, content: torch.Tensor, luminance_only: bool) -> torch.Tensor:
+    """What a target PNG holds for these iterates: clamped, colour-transferred if asked, 8-bit."""
+    images = images.clamp(0, 1)
+    if luminance_only:
+        images = transfer_luminance(images, content)
+    return images.mul(255).round().div(255)
 
 
 def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: torch.Tensor | None) -> torch.Tensor:
@@ -216,6 +262,7 @@ def stylize_file(
     from distill.criterion import build_criterion
     from distill.imaging import load_image
 
+    config = config.resolved()
     # Every input is read before any work, so a bad style file fails in a second, not after minutes.
     styles = [load_image(path) for path in style_paths]
     content = resize_image(load_image(content_path), long_side=config.size).unsqueeze(0).to(device)

@@ -28,6 +28,13 @@ def style_image() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def tiny_config() -> CriterionConfig:
+    """The classic objective on a random VGG-19: the behaviour these tests were written for."""
+    return CriterionConfig.classic(weights="random", style_size=48)
+
+
+@pytest.fixture(scope="session")
+def offline_config() -> CriterionConfig:
+    """The offline default: scale-free terms, the random texture network, sliced-Wasserstein style."""
     return CriterionConfig(weights="random", style_size=48)
 
 

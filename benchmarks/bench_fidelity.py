@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""How close does a student get to its teacher on photos it never saw?
+
+1. Photos: a training set (the shared photo pairs' photos, a few video frames and
+   the sample photos installed packages carry, each also as two crops at other scales)
+   and a held-out set that no training or model selection ever touches.
+2. Teacher targets for both with the offline default teacher (one target store each).
+3. Students (``johnson``, ``fast``, ``timm_encoder``) trained with the default recipe and
+   with distillation off (``distill_weight 0``, plain Johnson et al. training).
+4. On the held-out photos: SSIM and PSNR to the teacher, the two no-student baselines
+   (the photo; the photo recoloured to the style), the stylisation figures of teacher and
+   student, training minutes on this machine and student milliseconds per 512 px image.
+
+Writes ``benchmarks/results/fidelity_<device>.md`` and a gallery (photo | teacher |
+students). Every stage resumes: rerun the same command after an interruption.
+
+    python benchmarks/bench_fidelity.py                          # ../shared/data, rain-princess style
+    python benchmarks/bench_fidelity.py --students fast --recipes default --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_teacher import machine_description  # noqa: E402
+
+from distill.cli import resolve_device  # noqa: E402
+from distill.criterion import CriterionConfig  # noqa: E402
+from distill.fidelity import FidelityOptions, evaluate_fidelity, time_student  # noqa: E402
+from distill.imaging import list_images, load_image, resize_image, save_image  # noqa: E402
+from distill.samples import sample_photo_paths  # noqa: E402
+from distill.targets import generate_targets  # noqa: E402
+from distill.train import resolve_config, train  # noqa: E402
+from students import load_student  # noqa: E402
+from teachers.gatys import TeacherConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+#: Photos no training run or model selection ever sees.
+HELDOUT = ("content/amber.jpg", "photoreal/content/in3.png", "photoreal/content/in16.png")
+HELDOUT_SAMPLES = ("astronaut", "coffee", "chelsea")
+TRAIN_SAMPLES = ("rocket", "motorcycle", "hubble", "grace_hopper")
+RECIPES = {
+    "default": {},
+    "no-distill": {"distill_weight": 0.0},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (default: ../shared/data)")
+    parser.add_argument("--style", type=Path, help="style painting (default: DATA/style/rain-princess-cropped.jpg)")
+    parser.add_argument("--work", type=Path, default=HERE / "work" / "fidelity", help="photos, stores and runs (default %(default)s)")
+    parser.add_argument("--size", type=int, default=128, help="teacher and evaluation size, long side (default %(default)s)")
+    parser.add_argument("--iters", type=int, default=200, help="teacher L-BFGS iterations (default %(default)s)")
+    parser.add_argument("--students", nargs="+", default=["johnson", "fast", "timm_encoder"])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--steps", type=int, help="training steps per student (default: the recipe's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run")
+    parser.add_argument("--label", default="", help="suffix of the results file and gallery")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    style = args.style or args.data / "style" / "rain-princess-cropped.jpg"
+    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size)
+    teacher = TeacherConfig(
+        criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size, iterations=args.iters
+    ).resolved()
+    stores = {}
+    for name, folder in (("train", train_dir), ("heldout", heldout_dir)):
+        stores[name] = args.work / f"store_{name}"
+        started = time.perf_counter()
+        summary = generate_targets(
+            content_dir=folder, style_paths=[style], store_root=stores[name], teacher_config=teacher,
+            batch_size=4, device=str(device), progress=True,
+        )
+        print(f"{name} targets: {summary.new} new, {summary.present} present ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    rows, outputs = [], {}
+    for student in args.students:
+        for recipe in args.recipes:
+            run_dir = args.work / "runs" / f"{student}_{recipe}{args.label}"
+            settings = {
+                "targets": str(stores["train"]), "student": student, "device": str(device),
+                # Small photos (long side = the teacher's size): crops that fit the shortest ones,
+                # evaluation at the teacher's own size.
+                "crop_size": 64, "batch_size": 8, "eval_size": args.size, "eval_interval": 100,
+                "checkpoint_interval": 100, "image_interval": 500, **RECIPES[recipe],
+            }
+            if args.steps:
+                settings["steps"] = args.steps
+            settings.update({key: json.loads(value) if value[:1] in "[{0123456789.-tfn" else value for key, value in overrides.items()})
+            minutes = run_training(run_dir, settings)
+            row, images = evaluate(run_dir, stores["heldout"], device)
+            row.update(student=student, recipe=recipe, train_minutes=minutes)
+            rows.append(row)
+            outputs[(student, recipe)] = images
+            print(format_row(row), flush=True)
+
+    name = f"fidelity{args.label}_{device.type}"
+    (HERE / "results" / f"{name}.md").write_text(render(rows, args, device, style, teacher, stores))
+    save_image(gallery(outputs, args.recipes[0]), HERE / "results" / f"{name}_gallery.png")
+    print(f"wrote {HERE / 'results' / (name + '.md')}")
+
+
+def prepare_photos(data: Path, work: Path, *, size: int) -> tuple[Path, Path]:
+    """Training and held-out photo folders (PNG, long side 2x the teacher's size)."""
+    train_dir, heldout_dir = work / "photos_train", work / "photos_heldout"
+    if train_dir.is_dir() and heldout_dir.is_dir():
+        return train_dir, heldout_dir
+    samples = sample_photo_paths()
+    heldout = [data / p for p in HELDOUT] + [samples[n] for n in HELDOUT_SAMPLES if n in samples]
+    held_photos = {path.resolve() for path in heldout}
+    training = [p for p in list_images(data / "photoreal" / "content") if p.resolve() not in held_photos]
+    training += list_images(data / "photoreal" / "style")
+    training += list_images(data / "video" / "mountain")[::8]
+    training += [samples[n] for n in TRAIN_SAMPLES if n in samples]
+    long_side = 2 * size
+    for path in heldout:
+        save_image(resize_image(load_image(path), long_side=long_side), heldout_dir / f"{_stem(path)}.png")
+    generator = torch.Generator().manual_seed(0)
+    for path in training:
+        image = resize_image(load_image(path), long_side=long_side)
+        save_image(image, train_dir / f"{_stem(path)}.png")
+        # Two crops at other scales: the teacher's texture has a fixed size in pixels, so a
+        # student must see photos at several scales to learn it (targets are made per crop).
+        for index, fraction in enumerate((0.5, 0.7)):
+            height, width = image.shape[-2:]
+            crop_h, crop_w = max(16, round(height * fraction)), max(16, round(width * fraction))
+            top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator))
+            crop = image[:, top:top + crop_h, left:left + crop_w]
+            save_image(resize_image(crop, long_side=long_side), train_dir / f"{_stem(path)}_crop{index}.png")
+    return train_dir, heldout_dir
+
+
+def _stem(path: Path) -> str:
+    return f"{path.parent.name}_{path.stem}"
+
+
+def run_training(run_dir: Path, settings: dict) -> float:
+    """Train (or resume) a run to its step count; returns the training minutes of all its sessions."""
+    timing = run_dir / "bench_minutes.json"
+    spent = json.loads(timing.read_text())["minutes"] if timing.exists() else 0.0
+    resume = (run_dir / "checkpoints" / "last_state.pt").exists()
+    config = resolve_config(overrides={**settings, "heldout_fraction": 0.15}, run_dir=run_dir, resume=resume)
+    started = time.perf_counter()
+    result = train(config, run_dir=run_dir, resume=resume, progress=True)
+    spent += (time.perf_counter() - started) / 60
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timing.write_text(json.dumps({"minutes": spent, "step": result.step}))
+    return spent
+
+
+def evaluate(run_dir: Path, heldout_store: Path, device: torch.device) -> tuple[dict, dict]:
+    options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, timing_runs=3)
+    result = evaluate_fidelity(run_dir=run_dir, store_root=heldout_store, options=options, device=device)
+    agg = result.report["aggregate"]
+    student, _ = load_student(run_dir / "checkpoints" / "best.safetensors", device=device)
+    ms_512 = statistics.median(time_student(student.eval(), torch.rand(1, 3, 512, 512, device=device), runs=5))
+    row = {
+        "ssim": agg["agreement"]["student"]["ssim"],
+        "psnr": agg["agreement"]["student"]["psnr"],
+        "ssim_content": agg["agreement"]["content"]["ssim"],
+        "ssim_recoloured": agg["agreement"]["recoloured"]["ssim"],
+        "psnr_content": agg["agreement"]["content"]["psnr"],
+        "psnr_recoloured": agg["agreement"]["recoloured"]["psnr"],
+        "teacher": agg["stylisation"]["teacher"],
+        "student_figures": agg["stylisation"]["student"],
+        "objective_ratio": agg["ratio"]["mean"]["total"],
+        "ms_512": ms_512,
+        "diagnoses": agg["diagnoses"],
+        "images": agg["images"],
+    }
+    images = {"content": result.contents, "teacher": result.teachers, "student": result.students, "names": result.names}
+    return row, images
+
+
+def format_row(row: dict) -> str:
+    figures = row["student_figures"]
+    return (
+        f"{row['student']:>13} {row['recipe']:<10} SSIM {row['ssim']:.3f} (photo {row['ssim_content']:.3f}, recoloured "
+        f"{row['ssim_recoloured']:.3f}) PSNR {row['psnr']:.2f} dB; student colour {figures['colour_moved']:.2f} texture "
+        f"{figures['texture_moved']:.2f} structure {figures['structure_kept']:.2f}; {row['train_minutes']:.1f} min; "
+        f"{row['ms_512']:.0f} ms/512px"
+    )
+
+
+def render(rows, args, device, style, teacher, stores) -> str:
+    from distill.store import TargetStore
+
+    counts = {name: len(TargetStore(path).entries()) for name, path in stores.items()}
+    lines = [
+        f"# Student fidelity on held-out photos ({device.type})",
+        "",
+        machine_description(device),
+        "",
+        f"Command: `python benchmarks/bench_fidelity.py{' --label ' + args.label if args.label else ''}"
+        f"{''.join(' --set ' + s for s in args.set)}{' --steps ' + str(args.steps) if args.steps else ''}`. "
+        f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}), {args.size} px, "
+        f"{args.iters} iterations, style `{style.name}`. Training targets: {counts['train']} (photos and crops at two "
+        f"other scales); held-out photos: {counts['heldout']} ({', '.join(Path(p).stem for p in HELDOUT)}, "
+        f"{', '.join(HELDOUT_SAMPLES)}), never used in training or model selection.",
+        "",
+        "SSIM / PSNR: the student's output vs the teacher's image, whole held-out photos at the teacher's size. "
+        "Baselines that need no student: the photo itself and the photo recoloured to the style's colour mean and "
+        "covariance. Stylisation figures (colour moved toward the style, texture moved beyond recolouring, "
+        "structure kept) as in the stylisation benchmark. Minutes: training wall time on this machine. "
+        "ms: student forward at 512x512, median of 5.",
+        "",
+        "| student | recipe | SSIM | PSNR dB | photo SSIM | recoloured SSIM | beats both | colour | texture | structure | objective ratio | train min | ms / 512 px |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        figures = row["student_figures"]
+        beats = row["ssim"] > max(row["ssim_content"], row["ssim_recoloured"])
+        lines.append(
+            f"| {row['student']} | {row['recipe']} | {row['ssim']:.3f} | {row['psnr']:.2f} | {row['ssim_content']:.3f} | "
+            f"{row['ssim_recoloured']:.3f} | {'yes' if beats else '**no**'} | {figures['colour_moved']:.2f} | "
+            f"{figures['texture_moved']:.2f} | {figures['structure_kept']:.2f} | {row['objective_ratio']:.3g} | "
+            f"{row['train_minutes']:.1f} | {row['ms_512']:.0f} |"
+        )
+    if rows:
+        teacher_figures = rows[0]["teacher"]
+        lines += ["", f"Teacher on the same photos: colour {teacher_figures['colour_moved']:.2f}, texture "
+                      f"{teacher_figures['texture_moved']:.2f}, structure {teacher_figures['structure_kept']:.2f}."]
+        flagged = [(r, line) for r in rows for line in r["diagnoses"]]
+        if flagged:
+            lines += ["", "What the report flags:", ""]
+            lines += [f"- {r['student']} / {r['recipe']}: {line}" for r, line in flagged]
+    lines += ["", f"Gallery: `benchmarks/results/fidelity{args.label}_{device.type}_gallery.png` (photo | teacher | "
+                  f"{' | '.join(args.students)}, recipe {args.recipes[0]})."]
+    return "\n".join(lines) + "\n"
+
+
+def gallery(outputs: dict, recipe: str) -> torch.Tensor:
+    students = [key for key in outputs if key[1] == recipe]
+    if not students:
+        return torch.ones(3, 8, 8)
+    first = outputs[students[0]]
+    rows = []
+    for index in range(len(first["content"])):
+        tiles = [first["content"][index], first["teacher"][index]] + [outputs[key]["student"][index] for key in students]
+        rows.append(torch.cat([torch.nn.functional.pad(t, (2, 2, 2, 2), value=1.0) for t in tiles], dim=2))
+    width = max(r.shape[-1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows], dim=1)
+
+
+if __name__ == "__main__":
+    main()

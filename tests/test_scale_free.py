@@ -1,0 +1,173 @@
+"""The scale-free criterion and the offline preset: one alpha/beta balance everywhere, and a
+random-weight teacher that moves texture toward the style while keeping the photo's edges."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from distill.criterion import CriterionConfig, StyleTooSmallWarning, build_criterion
+from distill.imaging import resize_image
+from distill.losses import gram_matrix, layer_weights_for, total_variation
+from distill.stylemetrics import match_colour_statistics, stylisation_figures
+from teachers.gatys import TeacherConfig, stylize
+from teachers.pyramid import ImageParameterisation, pyramid_levels
+
+
+def _smooth_field(size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, size // 8), max(2, size // 8), generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def textured_style() -> torch.Tensor:
+    """192 px: diagonal colour stripes over a smooth field, so every layer sees structure."""
+    y = torch.linspace(0, 50, 192)
+    stripes = torch.sin(y[:, None] + 2 * y[None, :]) * 0.5 + 0.5
+    return (0.5 * _smooth_field(192, 1)[0] + 0.5 * torch.stack([stripes, 1 - stripes, stripes.t()])).clamp(0, 1)
+
+
+def _balance(config: CriterionConfig, style: torch.Tensor, size: int) -> float:
+    """Weighted style / content term for an image half-way from the photo to the painting."""
+    criterion = build_criterion(dataclasses.replace(config, style_size=size), [style])
+    content = _smooth_field(size, 2)
+    probe = 0.5 * content + 0.5 * resize_image(style, size=(size, size)).unsqueeze(0)
+    terms = criterion(probe, content=content)
+    return float(terms.style / terms.content)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("statistic", ["sliced_wasserstein", "gram"])
+def test_same_alpha_beta_give_the_same_balance_across_size_network_and_layers(textured_style, statistic):
+    base = CriterionConfig(weights="random", style_statistic=statistic)
+    reference = _balance(base, textured_style, 64)
+    variants = {
+        "double size": _balance(base, textured_style, 128),
+        "vgg19": _balance(dataclasses.replace(base, backbone="vgg19"), textured_style, 64),
+        "resnet50": _balance(dataclasses.replace(base, backbone="resnet50"), textured_style, 64),
+        "one style layer": _balance(dataclasses.replace(base, style_layers=("relu3_1",)), textured_style, 64),
+        "two style layers": _balance(dataclasses.replace(base, style_layers=("relu1_1", "relu2_1")), textured_style, 64),
+    }
+    for name, value in variants.items():
+        assert 0.5 < value / reference < 2.0, f"{name}: balance {value:.3g} vs {reference:.3g}"
+
+
+def test_classic_balance_is_not_scale_free(textured_style):
+    # The reason for the default: the classic terms shift by orders of magnitude between networks.
+    classic = CriterionConfig.classic(weights="random")
+    vgg = _balance(classic, textured_style, 64)
+    texture = _balance(dataclasses.replace(classic, backbone="texture_vgg"), textured_style, 64)
+    assert max(vgg / texture, texture / vgg) > 4
+
+
+def test_classic_reproduces_the_gatys_terms(textured_style):
+    config = CriterionConfig.classic(weights="random", style_size=64)
+    assert (config.backbone, config.pooling, config.layer_weighting, config.style_statistic) == (
+        "vgg19", "max", "inverse_square_channels", "gram")
+    assert (config.content_weight, config.style_weight, config.tv_weight, config.style_size) == (1.0, 1e6, 1.0, 64)
+    assert CriterionConfig.classic().style_size == 512
+    criterion = build_criterion(config, [textured_style])
+    image, content = _smooth_field(48, 3), _smooth_field(48, 4)
+    terms = criterion(image, content=content)
+    features, content_features = criterion.network(image), criterion.network(content)
+    style = resize_image(textured_style, long_side=64).unsqueeze(0)
+    style_features = criterion.network(style)
+    weights = layer_weights_for(criterion.style_layers, criterion.network.channels(), "inverse_square_channels")
+    expected_style = sum(
+        weights[layer] * (gram_matrix(features[layer]) - gram_matrix(style_features[layer])).pow(2).mean()
+        for layer in criterion.style_layers
+    )
+    expected_content = (features["relu4_2"] - content_features["relu4_2"]).pow(2).mean()
+    assert terms.style.item() == pytest.approx(1e6 * expected_style.item(), rel=1e-4)
+    assert terms.content.item() == pytest.approx(expected_content.item(), rel=1e-5)
+    assert terms.tv.item() == pytest.approx(total_variation(image).item(), rel=1e-5)
+
+
+def test_auto_fields_resolve_to_the_offline_preset_or_vgg19():
+    offline = CriterionConfig(weights="random").resolved()
+    assert (offline.backbone, offline.style_statistic) == ("texture_vgg", "sliced_wasserstein")
+    online = CriterionConfig(weights="pretrained").resolved()
+    assert (online.backbone, online.style_statistic) == ("vgg19", "gram")
+    assert CriterionConfig.classic(weights="random").resolved().backbone == "vgg19"
+    assert TeacherConfig().resolved_parameterisation() == "laplacian"
+    assert TeacherConfig(criterion=CriterionConfig.classic()).resolved_parameterisation() == "pixels"
+    assert TeacherConfig().resolved().resolved() == TeacherConfig().resolved()
+    with pytest.raises(ValueError, match="normalisation"):
+        CriterionConfig(normalisation="relative")
+
+
+def test_texture_network_has_no_pretrained_weights():
+    from distill.lossnet import WeightsFileError, build_loss_network
+
+    with pytest.raises(WeightsFileError, match="no pretrained weights"):
+        build_loss_network("texture_vgg", weights="pretrained")
+
+
+def test_sliced_wasserstein_blend_averages_quantile_functions(textured_style):
+    other = 1 - textured_style
+    config = CriterionConfig(weights="random", style_size=64)
+    blend = build_criterion(dataclasses.replace(config, style_blend=(3.0, 1.0)), [textured_style, other])
+    first = build_criterion(config, [textured_style], network=blend.network)
+    second = build_criterion(config, [other], network=blend.network)
+    for layer in blend.style_layers:
+        expected = 0.75 * first.sw_target(layer)[1] + 0.25 * second.sw_target(layer)[1]
+        assert torch.allclose(blend.sw_target(layer)[1], expected, atol=1e-5)
+    # The style image itself is (up to quantile resampling) at zero style distance.
+    terms = first(resize_image(textured_style, long_side=64).unsqueeze(0), content=torch.rand(1, 3, 64, 64))
+    assert terms.style.item() < 1e-3
+
+
+def test_small_style_warns_and_non_finite_network_is_an_error(textured_style):
+    config = CriterionConfig(weights="random", style_size=24)
+    with pytest.warns(StyleTooSmallWarning, match="relu5_1"):
+        criterion = build_criterion(config, [textured_style])
+    broken = criterion.network
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StyleTooSmallWarning)
+        with pytest.raises(ValueError, match="non-finite"):
+            build_criterion(config, [textured_style], network=broken)
+
+
+def test_laplacian_parameterisation_is_exact_and_moves_coarse_bands_further():
+    images = torch.rand(2, 3, 70, 45)
+    variables = ImageParameterisation("laplacian", height=70, width=45, gain=1.5)
+    assert variables.levels == pyramid_levels(70, 45) == 2
+    assert torch.allclose(variables.decode(variables.encode(images)), images, atol=1e-5)
+    # A unit step on one coarsest-band variable moves the image more than one on a finest-band variable.
+    step = torch.zeros_like(variables.encode(images))
+    fine, coarse = step.clone(), step.clone()
+    fine[:, 0] = 1.0
+    coarse[:, -1] = 1.0
+    assert variables.decode(coarse).abs().sum() > variables.decode(fine).abs().sum()
+    pixels = ImageParameterisation("pixels", height=70, width=45)
+    assert torch.equal(pixels.decode(pixels.encode(images)), images)
+
+
+def _shapes_photo(size: int = 64) -> torch.Tensor:
+    """A 'photo' with flat regions and sharp edges: two rectangles and a disc on a gradient."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.stack([0.3 + 0.4 * x, 0.4 + 0.2 * y, 0.6 - 0.3 * x])
+    image[:, 8:30, 6:26] = torch.tensor([0.9, 0.8, 0.2])[:, None, None]
+    image[:, 36:58, 30:60] = torch.tensor([0.1, 0.2, 0.5])[:, None, None]
+    disc = (y - 0.3) ** 2 + (x - 0.7) ** 2 < 0.02
+    image[:, disc] = torch.tensor([0.8, 0.1, 0.1])[:, None]
+    return image
+
+
+def test_offline_teacher_moves_texture_toward_the_style_and_keeps_the_edges(textured_style, single_thread):
+    content = _shapes_photo()
+    config = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=64), size=64, iterations=60)
+    criterion = build_criterion(config.criterion, [textured_style])
+    result = stylize(criterion, content.unsqueeze(0), config=config)
+    figures = stylisation_figures(result.images[0], content, textured_style)
+    assert figures.colour_moved > 0.3
+    assert figures.texture_moved > 0.1  # beyond what recolouring the photo achieves
+    assert figures.structure_kept > 0.4
+    recoloured = stylisation_figures(match_colour_statistics(content, textured_style), content, textured_style)
+    assert figures.texture_moved > recoloured.texture_moved + 0.1
