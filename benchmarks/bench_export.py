@@ -2,7 +2,7 @@
 
 Latency: ms per image at 512 px, batch 1, warm-up, median of --runs, for every
 registered student (random weights).  Every model is loaded through
-``distill.inference.load_student`` from a file written by ``distill.export`` (which
+``distill.deploy.model_files.load_model`` from a file written by ``distill.deploy.export`` (which
 checks it against eager PyTorch first), so the numbers are what ``scripts/stylize.py``
 gets.  The variants are timed round-robin so that load from other processes on a
 shared machine affects them alike.
@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench_students import cpu_model, interleaved_median_seconds, usable_cores  # noqa: E402
 
-from distill.export import export_model  # noqa: E402
-from distill.inference import load_student  # noqa: E402
+from distill.deploy.export import export_model  # noqa: E402
+from distill.deploy.model_files import load_model as load_student  # noqa: E402
 from students import create_student, list_students  # noqa: E402
 
 SIDE = 512
@@ -145,8 +145,8 @@ def latency(args: argparse.Namespace, work: Path) -> str:
         *machine_lines(args),
         shared_note(before, after),
         f"- workload: 1 x 3 x {SIDE} x {SIDE}, batch 1, {args.warmup} warm-up + median of {args.runs} runs, "
-        "variants timed round-robin, random weights; every export loaded through `distill.inference.load_student` "
-        "after `distill.export` checked it against eager PyTorch; threads = torch intra-op threads, also used for "
+        "variants timed round-robin, random weights; every export loaded through `distill.deploy.model_files.load_model` "
+        "after `distill.deploy.export` checked it against eager PyTorch; threads = torch intra-op threads, also used for "
         "onnxruntime's intra-op pool",
         f"- command: `python benchmarks/bench_export.py --threads {threads_flag}"
         f"{' --device cuda' if args.device == 'cuda' else ''}`",
@@ -208,8 +208,8 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[subprocess.Co
 
 
 def tiled_40mp(args: argparse.Namespace, work: Path) -> str:
-    from distill.export import export_student
-    from distill.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, plan_tiles
+    from distill.deploy.export import export_student
+    from distill.deploy.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, plan_tiles
     from students import save_student
 
     before = load_average()
@@ -249,8 +249,8 @@ def tiled_40mp(args: argparse.Namespace, work: Path) -> str:
             inner = float(match.group(1)) if match else float("nan")
             # VmHWM, not ru_maxrss: a forked child's ru_maxrss starts at this (big) process's RSS.
             code = (
-                "import distill.cli, distill.inference as inference; "
-                f"inference.load_student({str(model_file)!r}, device={args.device!r}); "
+                "import distill.cli.stylize, distill.deploy.model_files as model_files; "
+                f"model_files.load_model({str(model_file)!r}, device={args.device!r}); "
                 "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
             )
             probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -33,12 +33,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_teacher import machine_description  # noqa: E402
 
-from distill.cli import resolve_device  # noqa: E402
-from distill.criterion import CriterionConfig  # noqa: E402
-from distill.fidelity import FidelityOptions, evaluate_fidelity, time_student  # noqa: E402
-from distill.imaging import list_images, load_image, resize_image, save_image  # noqa: E402
+from distill.core.devices import resolve_device  # noqa: E402
+from distill.objective.config import CriterionConfig  # noqa: E402
+from distill.report.options import FidelityOptions  # noqa: E402
+from distill.report.fidelity import evaluate_fidelity  # noqa: E402
+from distill.report.speed import time_student  # noqa: E402
+from distill.core.imageio import list_images, load_image, resize_image, save_image  # noqa: E402
 from distill.samples import sample_photo_paths  # noqa: E402
-from distill.targets import generate_targets  # noqa: E402
+from distill.targets.generation import generate_targets  # noqa: E402
 from distill.train import resolve_config, train  # noqa: E402
 from students import load_student  # noqa: E402
 from teachers.gatys import TeacherConfig  # noqa: E402
@@ -198,7 +200,7 @@ def format_row(row: dict) -> str:
 
 
 def render(rows, args, device, style, teacher, stores) -> str:
-    from distill.store import TargetStore
+    from distill.targets.store import TargetStore
 
     counts = {name: len(TargetStore(path).entries()) for name, path in stores.items()}
     lines = [

@@ -5,7 +5,7 @@ For each content photo x style painting, at each size, with the offline default
 (``--weights random``: scale-free terms, the random texture network, sliced-Wasserstein
 style statistics, Laplacian-pyramid optimisation) and with ``--loss-normalisation
 classic`` (the original objective on a random VGG-19), it runs the teacher and measures
-the result with :mod:`distill.stylemetrics`, which does not use the loss network:
+the result with :mod:`distill.report.stylemetrics`, which does not use the loss network:
 
 - colour moved toward the style (1 = the style's colour distribution),
 - texture moved toward the style beyond a colour-matched copy of the photo,
@@ -31,9 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_teacher import machine_description  # noqa: E402
 
-from distill.criterion import CriterionConfig, build_criterion  # noqa: E402
-from distill.imaging import list_images, load_image, resize_image, save_image  # noqa: E402
-from distill.stylemetrics import stylisation_figures  # noqa: E402
+from distill.objective.config import CriterionConfig  # noqa: E402
+from distill.objective.criterion import build_criterion  # noqa: E402
+from distill.core.imageio import list_images, load_image, resize_image, save_image  # noqa: E402
+from distill.report.stylemetrics import stylisation_figures  # noqa: E402
 from teachers.gatys import TeacherConfig, stylize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -120,7 +121,7 @@ def render(rows, args, device, contents, styles) -> str:
         f"Command: `python benchmarks/bench_stylization.py --label {args.label} --sizes {' '.join(map(str, args.sizes))} "
         f"--iters {args.iters}`. Contents: {', '.join(p.name for p in contents)}. Styles: {', '.join(p.name for p in styles)}.",
         "",
-        "Figures from `distill.stylemetrics` (no loss network involved): **colour** moved toward the style "
+        "Figures from `distill.report.stylemetrics` (no loss network involved): **colour** moved toward the style "
         "(sliced Wasserstein distance of CIELAB pixel colours, 1 = the style's distribution), **texture** moved "
         "toward the style beyond the photo recoloured to the style's colour mean and covariance (gradient-magnitude "
         "and orientation histograms at 1, 1/2 and 1/4 scale and the radial power spectrum), **structure** kept "

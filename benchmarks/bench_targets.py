@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "generate_targets.py"
 sys.path.insert(0, str(ROOT))
 
-from distill.fileio import write_text_atomic  # noqa: E402
+from distill.core.files import write_text_atomic  # noqa: E402
 
 
 def cpu_model() -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from distill.criterion import CriterionConfig, build_criterion
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import build_criterion
 from distill.samples import stained_glass
 from teachers.gatys import TeacherConfig, stylize
 

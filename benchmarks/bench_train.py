@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import students
-    from distill.criterion import CriterionConfig, build_criterion
+    from distill.objective.config import CriterionConfig
+    from distill.objective.criterion import build_criterion
 
     device = torch.device(args.device)
     available = students.list_students()
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {row['images_per_s']:.2f} |")
     text = "\n".join(lines) + "\n"
     if args.out:
-        from distill.fileio import write_text_atomic
+        from distill.core.files import write_text_atomic
 
         write_text_atomic(args.out, text)
         print(f"wrote {args.out}")

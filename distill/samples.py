@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.imaging import load_image, resize_image, save_image
+from distill.core.imageio import load_image, resize_image, save_image
 
 #: (name, package, file) of photographs shipped inside installed packages.
 _SAMPLE_PHOTOS = (

@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.config import from_dict, load_yaml, replace, to_dict
-from distill.fileio import atomic_path, write_text_atomic
-from distill.imaging import resize_image
+from distill.core.config import from_dict, load_yaml, replace, to_dict
+from distill.core.files import atomic_path, write_text_atomic
+from distill.core.imageio import resize_image
 
 DISTILL_KINDS = ("pixel_l1", "pixel_l2", "feature")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -549,13 +549,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _open_store(path: str) -> Any:
-    from distill.store import TargetStore
+    from distill.targets.store import TargetStore
 
     return TargetStore(path)
 
 
 def _target_pairs(store: Any, **kwargs: Any) -> torch.utils.data.Dataset:
-    from distill.store import TargetPairs
+    from distill.targets.pairs import TargetPairs
 
     return TargetPairs(store, **kwargs)
 
@@ -603,7 +603,8 @@ def evaluate(
     ``content``, ``style``, ``tv``, ``distill_<kind>`` (unweighted) and ``teacher_total``
     (the criterion of the teacher's own images at that size), ``ratio`` = total / teacher_total.
     """
-    from distill.fidelity import quantize_8bit, ssim
+    from distill.core.imageio import quantize_8bit
+    from distill.core.metrics import ssim
 
     was_training = student.training
     student.eval()
@@ -650,7 +651,7 @@ def sample_grid(
     """(3, H, W) grid in [0, 1]: one row per sample, content | teacher | student."""
     from torchvision.utils import make_grid
 
-    from distill.color import transfer_luminance
+    from distill.core.color import transfer_luminance
 
     was_training = student.training
     student.eval()
@@ -693,7 +694,7 @@ class _RunFiles:
             self.writer.add_scalar(name if name in ("lr", "images_per_sec") else f"{kind}/{name}", value, step)
 
     def image(self, step: int, grid: torch.Tensor) -> None:
-        from distill.imaging import save_image
+        from distill.core.imageio import save_image
 
         self.writer.add_image("samples/content_teacher_student", grid, step)
         save_image(grid, self.run_dir / "samples" / f"step_{step:07d}.png")

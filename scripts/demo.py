@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default %(default)s)")
     args = parser.parse_args()
 
-    from distill.imaging import save_image
+    from distill.core.imageio import save_image
     from distill.samples import stained_glass, write_sample_contents
 
     out = args.out.resolve()

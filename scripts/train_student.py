@@ -1,95 +1,10 @@
 #!/usr/bin/env python
-"""Train a feed-forward student on a teacher-target store (see distill/train.py).
+"""Train a feed-forward student on a teacher-target store (see distill/cli/train.py).
 
-    python scripts/train_student.py --targets STORE --out RUN_DIR --student johnson --steps 2000
-    python scripts/train_student.py --out RUN_DIR --resume --steps 4000      # continue a run
-    torchrun --nproc_per_node 2 scripts/train_student.py --targets STORE --out RUN_DIR ...  # DDP
-
-Settings: TrainConfig defaults, then --config FILE.yaml (or, with --resume, the run's
-saved config), then the options below, then any --set field=value (YAML value).
-Exit codes: 0 done, 1 error, 3 non-finite loss (the last good checkpoint is kept).
+The same as ``style-distill train``; kept so that ``python scripts/train_student.py`` works from a checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-
-import yaml
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", help="target store folder (required unless resuming)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, samples")
-    p.add_argument("--student", help="registered student name (johnson, fast, timm_encoder, ...)")
-    p.add_argument("--student-kwargs", type=json.loads, help='student options as JSON, e.g. \'{"num_residual_blocks": 3}\'')
-    p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from checkpoints/last_state.pt")
-    p.add_argument("--config-hash", help="teacher config in the store (prefix ok); default: the only one")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch, split over DDP processes")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--lr-decay-steps", type=int, help="cosine horizon (default: --steps)")
-    p.add_argument("--schedule", choices=("cosine", "constant"))
-    p.add_argument("--grad-clip", type=float, help="max global gradient norm; 0 = off")
-    p.add_argument("--distill-weight", type=float, help="0 = pure Johnson-style training on the criterion")
-    p.add_argument("--distill-kind", help="comma-separated: pixel_l1, pixel_l2, feature")
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--log-interval", type=int)
-    p.add_argument("--eval-interval", type=int)
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--image-interval", type=int)
-    p.add_argument("--checkpoint-interval", type=int)
-    p.add_argument("--unfreeze-step", type=int, help="timm_encoder: train the encoder from this step on")
-    p.add_argument("--loss-weights", help="loss-network weights override (pretrained, random or a file)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p.parse_args(argv)
-
-
-def overrides_from(args: argparse.Namespace) -> dict:
-    names = ("targets", "student", "student_kwargs", "config_hash", "steps", "batch_size", "device", "lr",
-             "warmup_steps", "lr_decay_steps", "schedule", "grad_clip", "distill_weight", "crop_size", "precision",
-             "channels_last", "compile", "seed", "num_workers", "log_interval", "eval_interval", "eval_size",
-             "image_interval", "checkpoint_interval", "unfreeze_step", "loss_weights")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.distill_kind is not None:
-        overrides["distill_kind"] = [k.strip() for k in args.distill_kind.split(",") if k.strip()]
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return overrides
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from distill.train import NonFiniteLossError, resolve_config, train
-
-    try:
-        config = resolve_config(config_file=args.config, overrides=overrides_from(args), run_dir=args.out, resume=args.resume)
-        result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if result.step and result.best is not None:
-        print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "
-              f"(step {result.best['step']}, held-out SSIM to the teacher {result.best['ssim']:.4f})")
-    return 0
-
+from distill.cli.train import build_parser, main, overrides_from, run  # noqa: F401  (this script's API, as before)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from distill.core.errors import ModelFileError, one_line
+from distill.core.files import atomic_path
 
 from .registry import create_student
 
@@ -34,7 +36,7 @@ STUDENT_KEY = "distill.student"
 EXTRA_KEY = "distill.extra"
 
 
-class StudentCheckpointError(ValueError):
+class StudentCheckpointError(ModelFileError):
     """A file is not a loadable student checkpoint; the message names the file."""
 
 
@@ -43,9 +45,9 @@ def save_student(
 ) -> Path:
     """Write ``model``'s weights and architecture spec to one safetensors file.
 
-    The write is atomic (temporary file in the same folder, then
-    ``os.replace``) so an interrupted save never leaves a truncated checkpoint
-    in place of a good one.  Parent folders are created.
+    The write is atomic (temporary file in the same folder, fsynced, then
+    renamed into place) so an interrupted save never leaves a truncated
+    checkpoint in place of a good one.  Parent folders are created.
 
     Args:
         model: a model built by :func:`students.create_student` (it must carry
@@ -78,15 +80,8 @@ def save_student(
     # safetensors refuses non-contiguous or device tensors; copies are cheap next to a save.
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, temp_name, metadata=metadata)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(state, str(temp), metadata=metadata)
     return path
 
 
@@ -110,7 +105,7 @@ def read_student_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw = checkpoint.metadata() or {}
     except (SafetensorError, OSError) as error:
         raise StudentCheckpointError(
-            f"{path}: not a safetensors file ({_one_line(error)}); "
+            f"{path}: not a safetensors file ({one_line(error)}); "
             "student checkpoints are written by students.save_student"
         ) from error
 
@@ -162,12 +157,12 @@ def load_student(
         model = create_student(name, **kwargs)
     except (ValueError, TypeError, RuntimeError) as error:
         # RuntimeError: e.g. timm's 'Unknown model' for a backbone name this install lacks.
-        raise StudentCheckpointError(f"{path}: cannot rebuild student: {_one_line(error)}") from error
+        raise StudentCheckpointError(f"{path}: cannot rebuild student: {one_line(error)}") from error
 
     try:
         state = load_file(path, device="cpu")
     except (SafetensorError, OSError) as error:
-        raise StudentCheckpointError(f"{path}: unreadable weights ({_one_line(error)})") from error
+        raise StudentCheckpointError(f"{path}: unreadable weights ({one_line(error)})") from error
     mismatch = _describe_state_mismatch(model.state_dict(), state)
     if mismatch:
         raise StudentCheckpointError(
@@ -211,7 +206,3 @@ def _describe_state_mismatch(
     if misshaped:
         parts.append(f"shape mismatch {sample(misshaped)}")
     return "; ".join(parts)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from distill.color import transfer_luminance
+from distill.core.color import transfer_luminance
 
 StudentFactory = TypeVar("StudentFactory", bound=Callable[..., nn.Module])
 

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from distill.color import transfer_luminance
-from distill.criterion import CriterionConfig, StyleCriterion
-from distill.imaging import resize_image
+from distill.core.color import transfer_luminance
+from distill.core.config import check_fields, to_dict
+from distill.core.devices import synchronize
+from distill.core.errors import ConfigError
+from distill.core.imageio import load_image, quantize_8bit, resize_image
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import StyleCriterion, build_criterion
 from teachers.lbfgs import BatchedLBFGS
 from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
 
@@ -55,16 +59,22 @@ class TeacherConfig:
         return replace(self, criterion=self.criterion.resolved(), parameterisation=self.resolved_parameterisation())
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.parameterisation not in ("auto", *PARAMETERISATIONS):
-            raise ValueError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
+            raise ConfigError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
         if not self.pyramid_gain > 0:
-            raise ValueError(f"pyramid_gain must be positive, got {self.pyramid_gain}")
+            raise ConfigError(f"pyramid_gain must be positive, got {self.pyramid_gain}")
         if self.init not in INIT_CHOICES:
-            raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
+            raise ConfigError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales[-1] != 1.0:
-            raise ValueError(f"scales must lie in (0, 1] and end with 1.0, got {self.scales}")
+            raise ConfigError(f"scales must lie in (0, 1] and end with 1.0, got {self.scales}")
         if self.iterations < len(self.scales):
-            raise ValueError(f"an iteration budget of {self.iterations} cannot cover {len(self.scales)} scales")
+            raise ConfigError(f"an iteration budget of {self.iterations} cannot cover {len(self.scales)} scales")
+        if self.history_size < 1 or not self.learning_rate > 0 or self.tolerance_grad < 0 or self.tolerance_change < 0:
+            raise ConfigError(
+                f"L-BFGS needs history_size >= 1, learning_rate > 0 and tolerances >= 0, got {self.history_size}, "
+                f"{self.learning_rate}, {self.tolerance_grad}, {self.tolerance_change}"
+            )
 
 
 @dataclass
@@ -83,6 +93,9 @@ class TeacherResult:
 
 
 ProgressCallback = Callable[[int, int], None]
+#: Runs the teacher: :func:`stylize`, or a caller's wrapper around it (e.g. one that switches
+#: oneDNN off, which only the command line may do: it is process-wide).
+Teacher = Callable[..., TeacherResult]
 
 
 def split_budget(iterations: int, scales: int) -> list[int]:
@@ -107,41 +120,19 @@ def stylize(
     criterion's device. ``style_image``: (3, h, w), needed for ``init="style"``.
     ``progress(done, total)`` is called after every evaluation round with evaluations
     counted over the batch. Returns a :class:`TeacherResult`.
+
+    Each image's result equals the one it gets alone, up to float rounding, which
+    L-BFGS amplifies. On the CPU, oneDNN picks convolution algorithms by batch size, so
+    exact batch invariance needs it off (``torch.backends.mkldnn.enabled = False``, a
+    process-wide switch this function leaves alone; the command line's teacher sets it,
+    see :func:`distill.cli.teacher_args.batch_invariant_teacher`).
     """
     if content.dim() != 4 or content.shape[1] != 3:
         raise ValueError(f"content must be (B, 3, H, W), got {tuple(content.shape)}")
-
-    # oneDNN picks convolution algorithms by batch size, so on the CPU a batched run
-    # would drift from single-image runs after a few L-BFGS steps; PyTorch's native CPU
-    # convolutions are batch-invariant and, measured at 256 px, no slower per image.
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        return _stylize(criterion, content, config=config, style_image=style_image, progress=progress)
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
-def _stylize(
-    criterion: StyleCriterion,
-    content: torch.Tensor,
-    *,
-    config: TeacherConfig,
-    style_image: torch.Tensor | None,
-    progress: ProgressCallback | None,
-) -> TeacherResult:
-    device = content.device
     batch, _, height, width = content.shape
-    budgets = split_budget(config.iterations, len(config.scales))
-    total_evaluations = config.iterations * batch
     started = time.perf_counter()
-
-    traces: list[dict[str, list[float | None]]] = [
-        {"total": [], "content": [], "style": [], "tv": [], "scale": [], "total_8bit": []} for _ in range(batch)
-    ]
-    iterations_run = [0] * batch
-    stop_reasons = ["budget"] * batch
-    evaluations_done = 0
+    record = _Record(batch, total_evaluations=config.iterations * batch, progress=progress)
+    budgets = split_budget(config.iterations, len(config.scales))
     image = None
     for scale_index, (scale, budget) in enumerate(zip(config.scales, budgets)):
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -150,46 +141,90 @@ def _stylize(
             image = _initial_image(config, scaled_content, style_image)
         else:
             image = resize_image(image.clamp(0, 1), size=size)
-        content_targets = criterion.content_targets(scaled_content)
-        variables = ImageParameterisation(config.resolved_parameterisation(), height=size[0], width=size[1], gain=config.pyramid_gain)
-        optimiser = BatchedLBFGS(
-            variables.encode(image).clone(),
-            history_size=config.history_size,
-            lr=config.learning_rate,
-            tolerance_grad=config.tolerance_grad,
-            tolerance_change=config.tolerance_change,
-        )
-        # An image that stopped at a coarse scale still starts again at the next one:
-        # its optimum there is not the optimum at the finer scale.
-        for _ in range(budget):
-            rows = optimiser.active.nonzero().flatten()
-            if rows.numel() == 0:
-                break
-            point = optimiser.x[rows].clone().requires_grad_(True)
-            terms = criterion(variables.decode(point), content_targets={k: v[rows] for k, v in content_targets.items()})
-            (grad,) = torch.autograd.grad(terms.total.sum(), point)
-            finest = scale_index == len(config.scales) - 1
-            quantised = None
-            if finest and iterations_run[int(rows[0])] % QUANTISED_TRACE_INTERVAL == 0:
-                with torch.no_grad():
-                    quantised = criterion(
-                        _as_saved(variables.decode(point.detach()), scaled_content[rows], criterion.luminance_only),
-                        content_targets={k: v[rows] for k, v in content_targets.items()},
-                    ).total
-            for position, row in enumerate(rows.tolist()):
-                _record(traces[row], terms, position, scale_index)
-                traces[row]["total_8bit"].append(None if quantised is None else float(quantised[position]))
-                iterations_run[row] += 1
-            report = optimiser.step(rows, terms.total, grad.reshape(len(rows), -1))
-            for row, reason in enumerate(report.stopped_reason):
-                if reason is not None:
-                    stop_reasons[row] = reason
-            evaluations_done += len(rows)
-            if progress is not None:
-                progress(evaluations_done, total_evaluations)
-        with torch.no_grad():
-            image = variables.decode(optimiser.x)
+        finest = scale_index == len(config.scales) - 1
+        image = _optimise_scale(criterion, image, scaled_content, config=config, budget=budget, scale_index=scale_index,
+                                finest=finest, record=record)
+    return _finish(criterion, image, content, record=record, scale_index=len(config.scales) - 1, started=started)
 
+
+class _Record:
+    """What the teacher records per image as it runs: loss traces, evaluations, why each stopped."""
+
+    def __init__(self, batch: int, *, total_evaluations: int, progress: ProgressCallback | None) -> None:
+        self.traces: list[dict[str, list[float | None]]] = [
+            {"total": [], "content": [], "style": [], "tv": [], "scale": [], "total_8bit": []} for _ in range(batch)
+        ]
+        self.iterations_run = [0] * batch
+        self.stop_reasons = ["budget"] * batch
+        self.evaluations_done = 0
+        self.total_evaluations = total_evaluations
+        self.progress = progress
+
+    def add(self, row: int, terms, position: int, scale_index: int, total_8bit: float | None) -> None:
+        """Image ``row``'s terms (at ``position`` in ``terms``) and its 8-bit objective, if measured."""
+        trace = self.traces[row]
+        for name in ("total", "content", "style", "tv"):
+            trace[name].append(float(getattr(terms, name)[position].detach()))
+        trace["scale"].append(scale_index)
+        trace["total_8bit"].append(total_8bit)
+
+
+def _optimise_scale(
+    criterion: StyleCriterion,
+    image: torch.Tensor,
+    content: torch.Tensor,
+    *,
+    config: TeacherConfig,
+    budget: int,
+    scale_index: int,
+    finest: bool,
+    record: _Record,
+) -> torch.Tensor:
+    """L-BFGS on ``image`` (B, 3, h, w) at one scale for ``budget`` evaluations; returns the optimised images."""
+    height, width = image.shape[-2:]
+    content_targets = criterion.content_targets(content)
+    variables = ImageParameterisation(config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain)
+    optimiser = BatchedLBFGS(
+        variables.encode(image).clone(),
+        history_size=config.history_size,
+        lr=config.learning_rate,
+        tolerance_grad=config.tolerance_grad,
+        tolerance_change=config.tolerance_change,
+    )
+    # An image that stopped at a coarse scale still starts again at the next one:
+    # its optimum there is not the optimum at the finer scale.
+    for _ in range(budget):
+        rows = optimiser.active.nonzero().flatten()
+        if rows.numel() == 0:
+            break
+        point = optimiser.x[rows].clone().requires_grad_(True)
+        terms = criterion(variables.decode(point), content_targets={k: v[rows] for k, v in content_targets.items()})
+        (grad,) = torch.autograd.grad(terms.total.sum(), point)
+        quantised = None
+        if finest and record.iterations_run[int(rows[0])] % QUANTISED_TRACE_INTERVAL == 0:
+            with torch.no_grad():
+                quantised = criterion(
+                    _as_saved(variables.decode(point.detach()), content[rows], criterion.luminance_only),
+                    content_targets={k: v[rows] for k, v in content_targets.items()},
+                ).total
+        for position, row in enumerate(rows.tolist()):
+            record.add(row, terms, position, scale_index, None if quantised is None else float(quantised[position]))
+            record.iterations_run[row] += 1
+        report = optimiser.step(rows, terms.total, grad.reshape(len(rows), -1))
+        for row, reason in enumerate(report.stopped_reason):
+            if reason is not None:
+                record.stop_reasons[row] = reason
+        record.evaluations_done += len(rows)
+        if record.progress is not None:
+            record.progress(record.evaluations_done, record.total_evaluations)
+    with torch.no_grad():
+        return variables.decode(optimiser.x)
+
+
+def _finish(
+    criterion: StyleCriterion, image: torch.Tensor, content: torch.Tensor, *, record: _Record, scale_index: int, started: float
+) -> TeacherResult:
+    """The result images (colour put back if asked) with their final terms appended to the traces."""
     result = image.clamp(0, 1)
     if criterion.luminance_only:
         result = transfer_luminance(result, content)
@@ -197,18 +232,15 @@ def _stylize(
         final_targets = criterion.content_targets(content)
         final_terms = criterion(result, content_targets=final_targets)
         final_8bit = criterion(_as_saved(result, content, criterion.luminance_only), content_targets=final_targets).total
-    final = [final_terms.item(i) for i in range(batch)]
-    for row in range(batch):
-        _record(traces[row], final_terms, row, len(config.scales) - 1)
-        traces[row]["total_8bit"].append(float(final_8bit[row]))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    for row in range(content.shape[0]):
+        record.add(row, final_terms, row, scale_index, float(final_8bit[row]))
+    synchronize(content.device)
     return TeacherResult(
         images=result.detach().cpu(),
-        traces=traces,
-        final=final,
-        iterations_run=iterations_run,
-        stop_reasons=stop_reasons,
+        traces=record.traces,
+        final=[final_terms.item(i) for i in range(content.shape[0])],
+        iterations_run=record.iterations_run,
+        stop_reasons=record.stop_reasons,
         seconds=time.perf_counter() - started,
         weights=criterion.weights_description,
     )
@@ -219,7 +251,7 @@ def _as_saved(images: torch.Tensor, content: torch.Tensor, luminance_only: bool)
     images = images.clamp(0, 1)
     if luminance_only:
         images = transfer_luminance(images, content)
-    return images.mul(255).round().div(255)
+    return quantize_8bit(images)
 
 
 def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: torch.Tensor | None) -> torch.Tensor:
@@ -239,12 +271,6 @@ def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: to
     return style.unsqueeze(0).expand(batch, -1, -1, -1).clone()
 
 
-def _record(trace: dict[str, list[float]], terms, index: int, scale_index: int) -> None:
-    for name in ("total", "content", "style", "tv"):
-        trace[name].append(float(getattr(terms, name)[index].detach()))
-    trace["scale"].append(scale_index)
-
-
 def stylize_file(
     content_path: str,
     style_paths: list[str],
@@ -252,22 +278,20 @@ def stylize_file(
     config: TeacherConfig,
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Stylise one content file with the style file(s): returns the image (3, H, W) and a report dict.
 
     The report holds the loss trace, the final terms, seconds, iterations run, why the
     optimisation stopped, which weights the loss network had, and the resolved config.
+    ``teacher``: what runs the optimisation (default :func:`stylize`).
     """
-    from distill.config import to_dict
-    from distill.criterion import build_criterion
-    from distill.imaging import load_image
-
     config = config.resolved()
     # Every input is read before any work, so a bad style file fails in a second, not after minutes.
     styles = [load_image(path) for path in style_paths]
     content = resize_image(load_image(content_path), long_side=config.size).unsqueeze(0).to(device)
     criterion = build_criterion(config.criterion, styles, device=device)
-    result = stylize(criterion, content, config=config, style_image=styles[0].to(device), progress=progress)
+    result = (teacher or stylize)(criterion, content, config=config, style_image=styles[0].to(device), progress=progress)
     report = {
         "content": str(content_path),
         "styles": [str(path) for path in style_paths],

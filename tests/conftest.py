@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.criterion import CriterionConfig, build_criterion
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import build_criterion
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,6 +49,13 @@ def vgg_criterion(tiny_config, style_image):
 def seeded():
     """Seed torch's global RNG so that randomly initialised students are the same every run."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def batch_invariant_cpu(monkeypatch):
+    """oneDNN off, as the command line runs the teacher: it picks CPU convolution algorithms by
+    batch size, so with it a batched teacher run drifts from single-image runs."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
 
 
 @pytest.fixture(scope="module")

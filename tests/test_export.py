@@ -24,10 +24,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from distill import export as export_module
-from distill.export import TOLERANCES, ExportCheckError, ExportError, export_model
-from distill.inference import METADATA_KEY, ModelLoadError, load_student, output_paths, stylize_path
-from distill.tiling import axis_spans, axis_windows, plan_tiles, stylize_tiled
+from distill.cli import export as export_cli
+from distill.deploy import export as export_module
+from distill.deploy.export import TOLERANCES, ExportCheckError, ExportError, export_model
+from distill.deploy.model_files import METADATA_KEY, ModelLoadError, load_model as load_student
+from distill.deploy.stylize import output_paths, stylize_path
+from distill.deploy.tiling import axis_spans, axis_windows, plan_tiles, stylize_tiled
 from students import create_student, list_students, save_student
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,14 @@ SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 SLOW_EXPORTS = {("johnson", "onnx"), ("timm_encoder", "onnx"), ("timm_encoder", "pt2"), ("johnson", "pt2")}
 
 
-pytestmark = pytest.mark.usefixtures("seeded", "single_thread")
+pytestmark = [
+    pytest.mark.usefixtures("seeded", "single_thread"),
+    # The exporters' own chatter (the library leaves the process's warning filters alone).
+    pytest.mark.filterwarnings(
+        "ignore::torch.jit.TracerWarning", "ignore::FutureWarning", "ignore::DeprecationWarning",
+        "ignore:Constant folding:UserWarning", "ignore:ONNX export mode:UserWarning",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +192,7 @@ def test_failed_check_leaves_no_file(tmp_path):
 def test_export_cli_writes_checked_file_with_provenance(tmp_path, capsys):
     checkpoint = save_student(create_student("fast"), tmp_path / "fast.safetensors", extra={"style": "mosaic"})
     out = tmp_path / "fast.pt"
-    code = export_module.main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)])
+    code = export_cli.main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)])
     assert code == 0 and out.exists()
     err = capsys.readouterr().err
     assert "check 67x45 (batch 1): max |export - eager|" in err and "check 130x96 (batch 2)" in err
@@ -197,13 +206,13 @@ def test_export_cli_exit_codes(tmp_path, monkeypatch, capsys):
     checkpoint = save_student(create_student("fast"), tmp_path / "fast.safetensors")
     # Unsupported combination: exit 2 with one clear line, nothing written.
     with pytest.raises(SystemExit) as exit_info:
-        export_module.main(["--checkpoint", str(checkpoint), "--format", "onnx", "--dtype", "bf16", "--out", str(tmp_path / "a.onnx")])
+        export_cli.main(["--checkpoint", str(checkpoint), "--format", "onnx", "--dtype", "bf16", "--out", str(tmp_path / "a.onnx")])
     assert exit_info.value.code == 2
     assert "bf16 ONNX is not supported" in capsys.readouterr().err
     # A failed check: exit 1, nothing written.
     monkeypatch.setattr(export_module, "check_export", lambda *args, **kwargs: {"67x45 (batch 1)": 0.5, "130x96 (batch 2)": 0.0})
     out = tmp_path / "b.pt"
-    assert export_module.main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 1
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 1
     assert "67x45 (batch 1): 0.5" in capsys.readouterr().err
     assert not out.exists()
 
@@ -481,7 +490,7 @@ def test_tiling_is_exact_away_from_tile_borders(local_fast, overlap, border_tole
 
 
 def test_tiling_with_instance_norm_differs_by_tile_statistics_only():
-    """Real students normalise each tile by its own statistics (documented in distill.tiling)."""
+    """Real students normalise each tile by its own statistics (documented in distill.deploy.tiling)."""
     model = create_student("fast").eval()
     image = photo_like(192, 320)
     with torch.no_grad():

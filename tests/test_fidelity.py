@@ -16,16 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from distill.fidelity import (
-    check_gates,
-    compare_images,
-    equivalent_iterations,
-    finest_scale_trace,
-    json_safe,
-    psnr,
-    ssim,
-    tsne_2d,
-)
+from distill.report.aggregate import check_gates, json_safe
+from distill.report.fidelity import compare_images
+from distill.report.measures import equivalent_iterations, finest_scale_trace
+from distill.core.metrics import psnr, ssim
+from distill.report.tsne import tsne_2d
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = ROOT / "scripts" / "compare.py"
@@ -99,7 +94,7 @@ def _record(k, iterations_run=30, ssim_value=0.5):
 
 
 def test_aggregate_counts_never_reached_images():
-    from distill.fidelity import aggregate
+    from distill.report.aggregate import aggregate
 
     summary = aggregate([_record(4), _record(None), _record(None)])["equivalent_iterations"]
     assert summary["reached"] == 1 and summary["not_reached"] == 2
@@ -112,7 +107,8 @@ def test_aggregate_counts_never_reached_images():
 def test_teacher_is_retimed_when_the_store_timed_another_device(vgg_criterion, tiny_config):
     from types import SimpleNamespace
 
-    from distill.fidelity import FidelityOptions, _speed
+    from distill.report.options import FidelityOptions
+    from distill.report.speed import measure_speed as _speed
     from students import create_student
     from teachers.gatys import TeacherConfig
 
@@ -164,12 +160,12 @@ def test_gates_say_which_failed_and_by_how_much():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real store (3 contents, 32 px, 3 teacher iterations, random weights) and a fresh student checkpoint."""
-    from distill.imaging import save_image
+    from distill.core.imageio import save_image
     from distill.samples import stained_glass, write_sample_contents
-    from distill.targets import generate_targets
+    from distill.targets.generation import generate_targets
     from students import create_student, save_student
     from teachers.gatys import TeacherConfig
-    from distill.criterion import CriterionConfig
+    from distill.objective.config import CriterionConfig
 
     base = tmp_path_factory.mktemp("fidelity")
     write_sample_contents(base / "contents", long_side=48, count=3)
@@ -177,7 +173,7 @@ def tiny_run(tmp_path_factory):
     config = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=48), size=32, iterations=3)
     summary = generate_targets(
         content_dir=base / "contents", style_paths=[base / "style.png"], store_root=base / "store",
-        teacher_config=config, device="cpu", progress=False, log=lambda message: None,
+        teacher_config=config, device="cpu", log=lambda message: None,
     )
     assert summary.new == 3 and not summary.failed
     torch.manual_seed(0)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.color import rgb_to_yiq
-from distill.criterion import CriterionConfig, build_criterion
-from distill.fidelity import aggregate, check_gates, compare_images, finest_scale_trace
-from distill.stylemetrics import match_colour_statistics
+from distill.core.color import rgb_to_yiq
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import build_criterion
+from distill.report.aggregate import aggregate, check_gates
+from distill.report.fidelity import compare_images
+from distill.report.measures import finest_scale_trace
+from distill.report.stylemetrics import match_colour_statistics
 from teachers.gatys import QUANTISED_TRACE_INTERVAL, TeacherConfig, stylize
 
 
@@ -72,8 +75,8 @@ def _chroma_difference(output: torch.Tensor, content: torch.Tensor) -> float:
 
 
 def test_colour_preserving_student_keeps_colours_in_checkpoint_and_onnx(tmp_path, seeded):
-    from distill.export import export_student
-    from distill.inference import load_student as load_model
+    from distill.deploy.export import export_student
+    from distill.deploy.model_files import load_model
     from students import create_student, save_student
 
     student = create_student("fast", preserve_color=True)

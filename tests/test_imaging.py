@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.imaging import ImageLoadError, list_images, load_image, resize_image, save_image
+from distill.core.errors import BadImageError as ImageLoadError
+from distill.core.imageio import list_images, load_image, resize_image, save_image
 
 
 def _gradient_rgb(width=12, height=8):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.criterion import CriterionConfig, StyleCriterion, build_criterion
-from distill.losses import content_loss, gram_matrix, layer_weights_for, style_layer_loss, total_variation
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import StyleCriterion, build_criterion
+from distill.objective.terms import content_loss, gram_matrix, layer_weights_for, style_layer_loss, total_variation
 
 
 def test_gram_matrix_closed_form():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.lossnet import (
+from distill.objective.lossnet import (
     DEFAULT_LAYERS,
     WeightsFileError,
     WeightsUnavailableError,
@@ -103,7 +103,7 @@ def test_pickled_code_is_never_loaded(tmp_path):
 
 
 def test_unreachable_download_names_offline_options(monkeypatch):
-    import distill.lossnet as lossnet
+    import distill.objective.lossnet as lossnet
 
     monkeypatch.setattr(lossnet, "_reachable", lambda url, timeout=5.0: False)
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)

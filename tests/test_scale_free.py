@@ -9,10 +9,11 @@ import warnings
 import pytest
 import torch
 
-from distill.criterion import CriterionConfig, StyleTooSmallWarning, build_criterion
-from distill.imaging import resize_image
-from distill.losses import gram_matrix, layer_weights_for, total_variation
-from distill.stylemetrics import match_colour_statistics, stylisation_figures
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import StyleTooSmallWarning, build_criterion
+from distill.core.imageio import resize_image
+from distill.objective.terms import gram_matrix, layer_weights_for, total_variation
+from distill.report.stylemetrics import match_colour_statistics, stylisation_figures
 from teachers.gatys import TeacherConfig, stylize
 from teachers.pyramid import ImageParameterisation, pyramid_levels
 
@@ -101,7 +102,7 @@ def test_auto_fields_resolve_to_the_offline_preset_or_vgg19():
 
 
 def test_texture_network_has_no_pretrained_weights():
-    from distill.lossnet import WeightsFileError, build_loss_network
+    from distill.objective.lossnet import WeightsFileError, build_loss_network
 
     with pytest.raises(WeightsFileError, match="no pretrained weights"):
         build_loss_network("texture_vgg", weights="pretrained")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distill.config import replace as config_replace
+from distill.core.config import replace as config_replace
 import importlib.util
 import json
 import os
@@ -18,10 +18,13 @@ import torch
 from PIL import Image
 
 import teachers.gatys
-from distill.criterion import build_criterion
-from distill.imaging import load_image
-from distill.store import StoreError, TargetEntry, TargetPairs, TargetStore, heldout_keys, split_value
-from distill.targets import _KeyLocks, generate_targets, shard_of
+from distill.objective.criterion import build_criterion
+from distill.core.imageio import load_image
+from distill.core.errors import StoreError
+from distill.targets.store import TargetEntry, TargetStore
+from distill.targets.pairs import TargetPairs, heldout_keys, split_value
+from distill.targets.locks import KeyLocks as _KeyLocks
+from distill.targets.generation import generate_targets, shard_of
 from teachers.gatys import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +98,7 @@ def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys)
 
     monkeypatch.setattr(teachers.gatys, "stylize", spy)
     summary = generate_targets(
-        content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config, batch_size=2, progress=False
+        content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config, batch_size=2
     )
     assert (summary.new, summary.present, summary.skipped, len(summary.failed)) == (4, 0, 0, 0)
     assert summary.random_weights and "random" in summary.weights
@@ -290,9 +293,9 @@ def test_target_locked_by_another_writer_is_left_to_it(tmp_path, style):
     make_contents(tmp_path / "c", 2)
     out = tmp_path / "store"
     config = GENERATE.teacher_config_from_args(GENERATE.build_parser().parse_args(["--out", str(out), *FAST]))
-    kwargs = dict(content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config, progress=False)
+    kwargs = dict(content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config)
     store, config_hash = TargetStore.open_or_create(out, teacher_config=config, style_paths=[style])
-    from distill.fileio import sha256_file
+    from distill.core.files import sha256_file
 
     locked = sha256_file(tmp_path / "c" / "img0.png")
     other = _KeyLocks(out / "locks" / config_hash)  # flock conflicts between open files even in one process

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.stylemetrics import match_colour_statistics, stylisation_figures, structure_kept
+from distill.report.stylemetrics import match_colour_statistics, stylisation_figures, structure_kept
 
 
 def _photo(size: int = 64) -> torch.Tensor:

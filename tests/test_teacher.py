@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.color import rgb_to_yiq
-from distill.criterion import CriterionConfig, build_criterion
+from distill.core.color import rgb_to_yiq
+from distill.objective.config import CriterionConfig
+from distill.objective.criterion import build_criterion
 from teachers.gatys import TeacherConfig, split_budget, stylize
 from teachers.lbfgs import BatchedLBFGS
+
+pytestmark = pytest.mark.usefixtures("batch_invariant_cpu")
 
 
 def _content(batch=1, height=32, width=40, seed=0):

@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 
 import distill.train as train_module
-from distill.color import rgb_to_yiq, yiq_to_rgb
-from distill.config import from_dict, replace, to_dict
-from distill.criterion import CriterionConfig
-from distill.store import TargetPairs, TargetStore
-from distill.targets import generate_targets
+from distill.core.color import rgb_to_yiq, yiq_to_rgb
+from distill.core.config import from_dict, replace, to_dict
+from distill.objective.config import CriterionConfig
+from distill.targets.pairs import TargetPairs
+from distill.targets.store import TargetStore
+from distill.targets.generation import generate_targets
 from distill.train import (
     NonFiniteLossError,
     StepBatchSampler,
@@ -92,7 +93,7 @@ def store_root(tmp_path_factory) -> Path:
     teacher = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=48), size=40, iterations=4)
     generate_targets(
         content_dir=base / "contents", style_paths=[style], store_root=base / "store",
-        teacher_config=teacher, batch_size=len(shapes), progress=False, log=lambda _message: None,
+        teacher_config=teacher, batch_size=len(shapes), log=lambda _message: None,
     )
     return base / "store"
 

@@ -1,194 +1,15 @@
-"""Files of a fidelity report: report.json, index.html, grid.png, tsne.png, tsne_scatter.png.
-
-:func:`write_report` takes a :class:`distill.fidelity.FidelityResult` and writes, into
-REPORT_DIR, every file atomically::
-
-    report.json           every number (non-finite floats as "inf"/"-inf"/"nan" strings)
-    index.html            self-contained page; images by relative path, opens from disk
-    grid.png              one row per image: content | teacher | student
-    tsne.png              t-SNE of Gram embeddings with image thumbnails (framed by group)
-    tsne_scatter.png      the same points as a plain scatter with a legend
-    images/NN_<name>_{content,teacher,student}.png, images/style_J.png
-
-Plots use matplotlib's Agg canvas directly (no pyplot, no global backend change).
-"""
+"""The fidelity report as one self-contained HTML page (images by relative path, opens from disk)."""
 
 from __future__ import annotations
 
 import html
 import json
 import math
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
-
-from distill.fidelity import GROUPS, TERMS, FidelityResult, json_safe
-from distill.fileio import atomic_path, write_text_atomic
-from distill.imaging import save_image
-
-GROUP_COLOURS = {"style": "#d62728", "teacher": "#1f77b4", "student": "#ff7f0e", "content": "#2ca02c"}
-COLUMNS = ("content", "teacher", "student")
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def thumbnail(image: torch.Tensor, long_side: int) -> np.ndarray:
-    """(H, W, 3) uint8 thumbnail with the given long side."""
-    pil = Image.fromarray(to_uint8(image))
-    scale = long_side / max(pil.size)
-    size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
-    return np.asarray(pil.resize(size, Image.Resampling.LANCZOS))
-
-
-def make_grid(
-    rows: Sequence[Sequence[torch.Tensor]],
-    *,
-    labels: Sequence[str] = COLUMNS,
-    names: Sequence[str] | None = None,
-    gap: int = 4,
-    min_cell: int = 160,
-) -> Image.Image:
-    """One row per image (content | teacher | student) under a header with the column names.
-
-    Cells are as large as the largest image; small images are enlarged by an integer
-    factor (nearest neighbour, so pixels stay visible) until a cell is ``min_cell`` px on
-    its long side. Smaller images are centred on white. ``names``: row labels on the left.
-    """
-    if not rows:
-        raise ValueError("make_grid needs at least one row")
-    cell_h = max(img.shape[-2] for row in rows for img in row)
-    cell_w = max(img.shape[-1] for row in rows for img in row)
-    factor = max(1, -(-min_cell // max(cell_h, cell_w)))
-    cell_h, cell_w = cell_h * factor, cell_w * factor
-    columns = max(len(row) for row in rows)
-    font = _font(13)
-    header = 20
-    margin = 0
-    if names:
-        margin = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(n, font=font) for n in names)) + 2 * gap
-    grid = Image.new(
-        "RGB",
-        (margin + columns * cell_w + (columns + 1) * gap, header + len(rows) * cell_h + (len(rows) + 1) * gap),
-        "white",
-    )
-    draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(labels[:columns]):
-        x = margin + gap + c * (cell_w + gap)
-        width = draw.textlength(label, font=font)
-        draw.text((x + (cell_w - width) / 2, 3), label, fill="black", font=font)
-    for r, row in enumerate(rows):
-        top = header + gap + r * (cell_h + gap)
-        if names:
-            draw.text((gap, top + cell_h / 2 - 7), names[r], fill="black", font=font)
-        for c, img in enumerate(row):
-            tile = Image.fromarray(to_uint8(img))
-            if factor > 1:
-                tile = tile.resize((tile.width * factor, tile.height * factor), Image.Resampling.NEAREST)
-            x = margin + gap + c * (cell_w + gap) + (cell_w - tile.width) // 2
-            grid.paste(tile, (x, top + (cell_h - tile.height) // 2))
-    return grid
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _save_pil(image: Image.Image, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    return path
-
-
-def _new_figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_figure(figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
-def _legend_handles(groups: Sequence[str]):
-    from matplotlib.patches import Patch
-
-    present = [g for g in GROUPS if g in groups]
-    return [Patch(facecolor="white", edgecolor=GROUP_COLOURS[g], linewidth=2.5, label=g) for g in present]
-
-
-def plot_tsne_thumbnails(
-    points: np.ndarray,
-    groups: Sequence[str],
-    images: Sequence[torch.Tensor],
-    path: str | Path,
-    *,
-    title: str,
-    thumb_px: int = 44,
-) -> Path:
-    """The lecture's "imscatter": each image's thumbnail at its t-SNE point, framed in its group's colour."""
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-    figure = _new_figure((9, 9))
-    ax = figure.add_subplot(1, 1, 1)
-    colours = [GROUP_COLOURS.get(g, "black") for g in groups]
-    ax.scatter(points[:, 0], points[:, 1], s=4, c=colours)  # sets the data limits
-    for point, group, image in zip(points, groups, images):
-        box = AnnotationBbox(
-            OffsetImage(thumbnail(image, thumb_px), zoom=1.0),
-            (float(point[0]), float(point[1])),
-            frameon=True,
-            pad=0.2,
-            bboxprops={"edgecolor": GROUP_COLOURS.get(group, "black"), "linewidth": 2.5},
-        )
-        ax.add_artist(box)
-    ax.margins(0.18)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    ax.legend(handles=_legend_handles(groups), loc="best", fontsize=9)
-    return _save_figure(figure, Path(path))
-
-
-def plot_tsne_scatter(
-    points: np.ndarray, groups: Sequence[str], labels: Sequence[str], path: str | Path, *, title: str
-) -> Path:
-    """Plain t-SNE scatter coloured by group, with a legend and small point labels."""
-    figure = _new_figure((7, 6))
-    ax = figure.add_subplot(1, 1, 1)
-    for group in GROUPS:
-        index = [i for i, g in enumerate(groups) if g == group]
-        if index:
-            ax.scatter(points[index, 0], points[index, 1], s=60, c=GROUP_COLOURS[group], label=group,
-                       marker="*" if group == "style" else "o", edgecolors="black", linewidths=0.5)
-    if len(points) <= 40:
-        for point, label in zip(points, labels):
-            ax.annotate(label.split(": ")[-1], (float(point[0]), float(point[1])), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points", color="#333333")
-    ax.margins(0.12)
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="best", fontsize=9)
-    return _save_figure(figure, Path(path))
-
-
-# --------------------------------------------------------------------------- HTML
+from distill.report.figures import COLUMNS
+from distill.report.measures import TERMS
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -269,22 +90,36 @@ def _headline(agg: dict[str, Any]) -> list[str]:
 
 
 def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
-    """The report page. ``files``: relative paths of the written files (see :func:`write_report`)."""
-    agg, speed, targets, run = report["aggregate"], report["speed"], report["targets"], report["run"]
+    """The report page. ``files``: relative paths of the written files (see :func:`distill.report.files.write_report`)."""
+    run = report["run"]
     parts: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Fidelity report: {_e((run.get('student') or {}).get('name', 'student'))} vs Gatys teacher</title>",
         f"<style>{_CSS}</style></head><body>",
     ]
+    parts += _notices(report)
+    parts += _meta_table(report)
+    if "agreement" in report["aggregate"]:
+        parts += _headline(report["aggregate"])
+    parts += _objective_tables(report["aggregate"], report["speed"])
+    parts += _image_items(report, files)
+    parts += _plots_and_files(report, files)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _notices(report: dict[str, Any]) -> list[str]:
+    """The random-weights banner, the title, then diagnoses, warnings and gates: what to read first."""
+    parts: list[str] = []
+    agg = report["aggregate"]
     if report["random_weights"]:
         parts.append(
             '<div class="banner">RANDOM LOSS-NETWORK WEIGHTS: the loss network was not pretrained '
             f"({_e(report['weights'])}). Objectives, ratios, k* and Gram distances are those of a random texture "
             "model; the agreement and stylisation figures below do not use the loss network.</div>"
         )
-    student = run.get("student") or {}
-    parts.append(f"<h1>Teacher vs student: fidelity report</h1>")
+    parts.append("<h1>Teacher vs student: fidelity report</h1>")
     for line in agg.get("diagnoses", []):
         parts.append(f'<div class="fail">{_e(line)}</div>')
     for warning in report.get("warnings", []):
@@ -294,7 +129,14 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
         css = "pass" if gate["passed"] else "fail"
         verdict = "passed" if gate["passed"] else "FAILED"
         parts.append(f'<div class="{css}">gate {_e(gate["name"])} {verdict}: {_e(gate["message"])}</div>')
+    return parts
 
+
+def _meta_table(report: dict[str, Any]) -> list[str]:
+    """Which student, checkpoint, store, teacher and loss network the report is about."""
+    parts: list[str] = []
+    run, targets = report["run"], report["targets"]
+    student = run.get("student") or {}
     meta = [
         ("student", f"{student.get('name', '?')} {json.dumps(student.get('kwargs', {}))}, {fmt(run.get('parameters'))} parameters"),
         ("checkpoint", f"{run['checkpoint']} ({run['checkpoint_kind']}, step {fmt(run.get('step'))})"),
@@ -307,10 +149,12 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
         ("created", report["created"]),
     ]
     parts.append('<table class="meta">' + "".join(f"<tr><th class='l'>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in meta) + "</table>")
+    return parts
 
-    if "agreement" in agg:
-        parts.extend(_headline(agg))
 
+def _objective_tables(agg: dict[str, Any], speed: dict[str, Any]) -> list[str]:
+    """The objective the teacher optimised (secondary), PSNR/SSIM, k*, Gram distances and speed."""
+    parts: list[str] = []
     # Secondary: the objective the teacher optimised
     parts.append("<h2>Objective (secondary: a low objective alone is not fidelity)</h2><table>")
     parts.append("<tr><th class='l'>objective (mean)</th>" + "".join(f"<th>{t}</th>" for t in TERMS) + "</tr>")
@@ -339,7 +183,12 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
         "image was already as good; &gt; N: the student beats the teacher's final result after N iterations). "
         "Images are compared as 8-bit images. Ratios &lt; 1 mean the student has the lower (better) objective.</p>"
     )
+    return parts
 
+
+def _image_items(report: dict[str, Any], files: dict[str, Any]) -> list[str]:
+    """Per image: content | teacher | student with its numbers."""
+    parts: list[str] = []
     # Per image
     parts.append("<h2>Images: content | teacher | student</h2>")
     for record, names in zip(report["images"], files["images"]):
@@ -365,7 +214,12 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
             "</table></div>"
         )
         parts.append("</div></div>")
+    return parts
 
+
+def _plots_and_files(report: dict[str, Any], files: dict[str, Any]) -> list[str]:
+    """The t-SNE plots, the style image(s) and links to the other files."""
+    parts: list[str] = []
     # Plots
     parts.append('<h2>Style embeddings (t-SNE of Gram matrices)</h2><div class="plots">')
     tsne = report["tsne"]
@@ -385,8 +239,7 @@ def render_html(report: dict[str, Any], files: dict[str, Any]) -> str:
         f'<a href="{_src(files["grid"])}">grid.png</a> · <a href="{_src(files["tsne"])}">tsne.png</a> · '
         f'<a href="{_src(files["tsne_scatter"])}">tsne_scatter.png</a></p>'
     )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return parts
 
 
 def _teacher_summary(config: dict[str, Any]) -> str:
@@ -396,48 +249,3 @@ def _teacher_summary(config: dict[str, Any]) -> str:
         f"scales {config.get('scales')}; {c.get('backbone')} ({c.get('weights')}), alpha {c.get('content_weight')}, "
         f"beta {c.get('style_weight')}, gamma {c.get('tv_weight')}"
     )
-
-
-def write_report(result: FidelityResult, out_dir: str | Path) -> dict[str, Any]:
-    """Write every report file into ``out_dir`` (atomically, file by file); returns the relative paths.
-
-    The images come first and ``report.json`` / ``index.html`` last, so a page never
-    references an image that is not yet there.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    report = result.report
-    files: dict[str, Any] = {
-        "json": "report.json", "html": "index.html", "grid": "grid.png",
-        "tsne": "tsne.png", "tsne_scatter": "tsne_scatter.png", "images": [], "styles": [],
-    }
-    for i, name in enumerate(result.names):
-        entry = {}
-        for column, image in zip(COLUMNS, (result.contents[i], result.teachers[i], result.students[i])):
-            relative = f"images/{i:02d}_{name}_{column}.png"
-            save_image(image, out / relative)
-            entry[column] = relative
-        files["images"].append(entry)
-        report["images"][i]["files"] = entry
-    for j, style in enumerate(result.styles):
-        relative = f"images/style_{j}.png"
-        save_image(style, out / relative)
-        files["styles"].append(relative)
-
-    rows = list(zip(result.contents, result.teachers, result.students))
-    _save_pil(make_grid(rows, names=result.names), out / files["grid"])
-    random_note = " - loss network has RANDOM weights" if report["random_weights"] else ""
-    title = f"t-SNE of Gram embeddings ({', '.join(report['embedding_layers'])}){random_note}"
-    thumb_px = int(max(24, min(56, 300 / max(1, len(result.tsne_points)) ** 0.5)))  # smaller when crowded
-    plot_tsne_thumbnails(
-        result.tsne_points, result.tsne_groups, result.tsne_images, out / files["tsne"], title=title, thumb_px=thumb_px
-    )
-    labels = [c["label"] for c in report["tsne"]["coordinates"]]
-    plot_tsne_scatter(result.tsne_points, result.tsne_groups, labels, out / files["tsne_scatter"], title=title)
-
-    report["files"] = {k: v for k, v in files.items() if k not in ("images",)}
-    write_text_atomic(out / files["json"], json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-    write_text_atomic(out / files["html"], render_html(report, files))
-    return files

@@ -1,4 +1,4 @@
-"""Loss terms of the style-transfer objective, each reduced to one value per image.
+"""The terms of the style-transfer objective, each reduced to one value per image.
 
 Every function returns a tensor of shape (B,), so one batched call serves a batch of
 independent optimisation problems (the batched teacher) as well as a training batch
@@ -30,6 +30,16 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=features.device.type, enabled=False):
         flat = features.float().reshape(batch, channels, height * width)
         return torch.bmm(flat, flat.transpose(1, 2)) / (height * width)
+
+
+def gram_embedding(gram: torch.Tensor) -> torch.Tensor:
+    """The upper-triangular entries of Gram matrices (B, C, C) -> (B, C * (C + 1) / 2): a style "fingerprint".
+
+    A Gram matrix is symmetric, so these entries hold all of it; embeddings of several
+    layers are concatenated for Gram-embedding distances and t-SNE plots.
+    """
+    rows, cols = torch.triu_indices(gram.shape[-1], gram.shape[-1], device=gram.device)
+    return gram[:, rows, cols]
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

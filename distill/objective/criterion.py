@@ -9,23 +9,23 @@ precomputed features) is passed on every call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-import dataclasses
-import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from distill.color import luminance_as_rgb
-from distill.imaging import resize_image
-from distill.lossnet import DEFAULT_LAYERS, LossNetwork, build_loss_network
-from distill.losses import (
+from distill.core.color import luminance_as_rgb
+from distill.core.imageio import resize_image
+from distill.objective.config import NORMALISATIONS, STYLE_STATISTICS, CriterionConfig, CriterionError
+from distill.objective.lossnet import LossNetwork, build_loss_network
+from distill.objective.terms import (
     content_loss,
-    relative_content_loss,
+    gram_embedding,
     gram_matrix,
     layer_weights_for,
+    relative_content_loss,
     resample_quantiles,
     sliced_wasserstein_layer_loss,
     sorted_projections,
@@ -34,98 +34,12 @@ from distill.losses import (
 )
 
 
-NORMALISATIONS = ("scale_free", "classic")
-
-
-class CriterionError(ValueError):
-    """The objective cannot be built as asked: bad weights, or a loss network that gives non-finite features."""
-
-
 class StyleTooSmallWarning(UserWarning):
     """A style image gives a deep style layer fewer than 2x2 positions."""
 
 
-STYLE_STATISTICS = ("gram", "sliced_wasserstein")
 #: Quantiles kept per projection of a style layer for the sliced-Wasserstein statistic.
 STYLE_QUANTILES = 4096
-
-
-@dataclass(frozen=True)
-class CriterionConfig:
-    """Everything that defines the objective; stored with every teacher target.
-
-    ``"auto"`` fields are filled in by :meth:`resolved` from the weights and the
-    normalisation; stores and reports keep the resolved config, so "auto" never hides
-    which network or statistic was used.
-    """
-
-    backbone: str = "auto"  # loss network; auto: vgg19, or texture_vgg with random weights; "resnet50" is the lecture's
-    weights: str = "pretrained"  # "pretrained", "random" (offline) or a weights file path
-    seed: int = 0  # seeds weights="random" and the sliced-Wasserstein directions, so runs are reproducible
-    pooling: str = "max"  # "max", or "avg" (Gatys's smoother variant)
-    content_layers: tuple[str, ...] | None = None  # None: the backbone's defaults (relu4_2 for VGG-19)
-    style_layers: tuple[str, ...] | None = None  # None: relu1_1..relu5_1 for VGG-19
-    layer_weighting: str = "equal"  # per style layer: "equal", or the lecture's "inverse_square_channels" (classic)
-    # "scale_free": every layer's term is relative to its target's own magnitude, so alpha
-    # and beta mean the same on any network, weights, image size and layer count.
-    # "classic": Gatys/Johnson mean squared errors, whose balance depends on all of those.
-    normalisation: str = "scale_free"
-    # "gram" (Gatys), or "sliced_wasserstein": the whole distribution of feature responses,
-    # which random-weight networks need to paint rather than speckle; auto picks it for random weights.
-    style_statistic: str = "auto"
-    content_weight: float = 1.0  # alpha
-    style_weight: float = 10.0  # beta; 10 with scale_free terms: clear stylisation that keeps the photo's layout
-    tv_weight: float = 0.0  # gamma; total variation, a smoothness prior (it smears painted texture when high)
-    style_size: int | None = 512  # long side of the style image(s) when their statistics are taken; None keeps them as given
-    style_blend: tuple[float, ...] | None = None  # relative weight of each style image; None = equal
-    luminance_only: bool = False  # measure luminance only (colour-preserving transfer)
-
-    def __post_init__(self) -> None:
-        if self.normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
-        if self.style_statistic not in ("auto", *STYLE_STATISTICS):
-            raise ValueError(f"style_statistic must be 'auto' or one of {STYLE_STATISTICS}, got {self.style_statistic!r}")
-        if self.pooling not in ("max", "avg"):
-            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise CriterionError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-
-    @classmethod
-    def classic(cls, **changes) -> "CriterionConfig":
-        """The original Gatys/Johnson objective (the toolkit's behaviour before scale-free terms).
-
-        VGG-19 (also with random weights), Gram matrices, mean squared errors, the lecture's
-        1/C^2 layer weights, beta 1e6 (the PyTorch Gatys tutorial's balance) and TV 1.
-        For reproducing papers; ``changes`` override any field.
-        """
-        settings = dict(
-            backbone="vgg19", pooling="max", layer_weighting="inverse_square_channels", normalisation="classic",
-            style_statistic="gram", content_weight=1.0, style_weight=1e6, tv_weight=1.0,
-        )
-        return cls(**{**settings, **changes})
-
-    def resolved(self) -> "CriterionConfig":
-        """This config with every ``"auto"`` field decided."""
-        backbone = self.backbone
-        if backbone == "auto":
-            offline = self.weights == "random" and self.normalisation == "scale_free"
-            backbone = "texture_vgg" if offline else "vgg19"
-        statistic = self.style_statistic
-        if statistic == "auto":
-            statistic = "sliced_wasserstein" if self.weights == "random" and self.normalisation == "scale_free" else "gram"
-        return dataclasses.replace(self, backbone=backbone, style_statistic=statistic)
-
-    def resolved_layers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(content layers, style layers) with the backbone's defaults filled in."""
-        backbone = self.resolved().backbone
-        defaults = DEFAULT_LAYERS.get(backbone)
-        content = self.content_layers or (defaults["content"] if defaults else None)
-        style = self.style_layers or (defaults["style"] if defaults else None)
-        if not content or not style:
-            raise ValueError(f"backbone {backbone!r} has no default layers: set content_layers and style_layers")
-        return tuple(content), tuple(style)
 
 
 @dataclass
@@ -170,7 +84,7 @@ class StyleCriterion(nn.Module):
     ``"classic"``: summed mean squared errors with the raw layer weights (Gatys et al.,
     Johnson et al.).
     ``style_statistic="sliced_wasserstein"`` needs ``sw_directions`` and ``sw_quantiles``
-    per style layer (see :func:`distill.losses.sliced_wasserstein_layer_loss`).
+    per style layer (see :func:`distill.objective.terms.sliced_wasserstein_layer_loss`).
     """
 
     def __init__(
@@ -306,11 +220,7 @@ class StyleCriterion(nn.Module):
 
         The style "fingerprint" used for Gram-embedding distances and t-SNE plots.
         """
-        parts = []
-        for layer, gram in self.grams(images, layers).items():
-            rows, cols = torch.triu_indices(gram.shape[-1], gram.shape[-1], device=gram.device)
-            parts.append(gram[:, rows, cols])
-        return torch.cat(parts, dim=1)
+        return torch.cat([gram_embedding(gram) for gram in self.grams(images, layers).values()], dim=1)
 
 
 def _key(layer: str) -> str:
@@ -336,13 +246,11 @@ def build_criterion(
     non-finite features.
     """
     if not style_images:
-        raise ValueError("at least one style image is needed")
+        raise CriterionError("at least one style image is needed")
     config = config.resolved()
     blend = config.style_blend or tuple(1.0 for _ in style_images)
     if len(blend) != len(style_images):
-        raise ValueError(f"{len(style_images)} style image(s) but {len(blend)} style blend weight(s)")
-    if any(w < 0 for w in blend) or sum(blend) <= 0:
-        raise ValueError(f"style blend weights must be non-negative and not all zero, got {blend}")
+        raise CriterionError(f"{len(style_images)} style image(s) but {len(blend)} style blend weight(s)")
     content_layers, style_layers = config.resolved_layers()
     if network is None:
         network = build_loss_network(

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+# As a module, not its functions: calls go through its attributes, which tests replace.
+import huggingface_hub
+import huggingface_hub.constants
 import timm
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from distill.core.errors import ConfigError, UnavailableError, one_line
+from distill.core.files import atomic_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,12 +34,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_TAGS = {"vgg19": "vgg19.tv_in1k", "resnet50": "resnet50.tv_in1k"}
 
 
-class WeightsUnavailableError(RuntimeError):
+#: The ``weights`` values that are not a file: timm's download, or seeded random weights.
+WEIGHTS_SOURCES = ("pretrained", "random")
+
+
+class WeightsUnavailableError(UnavailableError):
     """Pretrained weights could not be fetched (typically: no internet)."""
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(ConfigError):
     """A local weights file is missing, unreadable or does not fit the backbone."""
+
+
+def weights_file(weights: str) -> Path | None:
+    """The file a ``weights`` setting names, or None for ``"pretrained"`` and ``"random"``."""
+    return None if weights in WEIGHTS_SOURCES else Path(weights)
+
+
+def is_random_weights(description: str) -> bool:
+    """Whether a network's ``weights_description`` says its weights are random (not learned features)."""
+    return description.startswith("random")
 
 
 @dataclass(frozen=True)
@@ -150,7 +173,7 @@ class LossNetwork(nn.Module):
         #: Human-readable provenance of the weights, e.g. "random (seed 0)". Every output
         #: that used this network records it.
         self.weights_description = weights_description
-        self.is_random = weights_description.startswith("random")
+        self.is_random = is_random_weights(weights_description)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         return_nodes = {f"model.{node}": name for name, node in layers.items()}
@@ -198,7 +221,7 @@ def build_loss_network(
     if pooling == "avg":
         _replace_max_pooling(model)
     elif pooling != "max":
-        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        raise ConfigError(f"pooling must be 'max' or 'avg', got {pooling!r}")
     for module in model.modules():
         if isinstance(module, nn.ReLU):
             # An in-place ReLU would overwrite a tapped conv output before we read it.
@@ -206,7 +229,7 @@ def build_loss_network(
     if layers is None:
         defaults = DEFAULT_LAYERS.get(backbone)
         if defaults is None:
-            raise ValueError(f"backbone {backbone!r} has no default taps; pass layers explicitly")
+            raise ConfigError(f"backbone {backbone!r} has no default taps; pass layers explicitly")
         layers = tuple(dict.fromkeys(defaults["content"] + defaults["style"]))
     node_map = resolve_layers(backbone, model, layers)
     network = LossNetwork(backbone=backbone, model=model, layers=node_map, weights_description=description)
@@ -229,7 +252,7 @@ def resolve_layers(backbone: str, model: nn.Module, layers: tuple[str, ...] | li
             available = [n.removeprefix("model.") for n in eval_nodes]
         if layer not in available:
             hint = f"named taps: {', '.join(named)}" if named else f"graph nodes such as {', '.join(available[1:6])}"
-            raise ValueError(f"unknown layer {layer!r} for backbone {backbone!r}; {hint}")
+            raise ConfigError(f"unknown layer {layer!r} for backbone {backbone!r}; {hint}")
         node_map[layer] = layer
     return node_map
 
@@ -245,10 +268,6 @@ def save_loss_network_weights(network: LossNetwork, path: str | os.PathLike) -> 
     ``build_loss_network(backbone, weights=PATH, layers=...)`` reads it back for the same
     or shallower taps.
     """
-    from safetensors.torch import save_file
-
-    from distill.fileio import atomic_path
-
     state = {k: v.detach().cpu().contiguous() for k, v in network.extractor.model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -269,18 +288,19 @@ def _create_backbone(backbone: str, *, weights: str, seed: int) -> tuple[nn.Modu
             model = _create_pretrained(name)
         except Exception as exc:  # network, hub and cache errors come in many types
             raise WeightsUnavailableError(
-                f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}: {_first_line(exc)}). "
+                f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}: {one_line(exc, first_line=True, limit=200)}). "
                 "Offline, use --weights random (a seeded random texture network that stylises without any "
                 "download, though not like learned features) or --weights PATH (a local .safetensors or torch "
                 "state-dict file)."
             ) from None
         return model.eval(), f"pretrained ({name})", None
     if weights == "random":
+        # timm.create_model takes no generator: seed the global RNG for this call only (restored on exit).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _create_untrained(backbone, seed=seed)
         return model.eval(), f"random (seed {seed}) - NOT pretrained: a texture model, not learned features", None
-    path = Path(weights)
+    path = weights_file(weights)
     if not path.exists():
         raise WeightsFileError(
             f"--weights {weights!r}: no such file; use 'pretrained', 'random' or a path to a weights file"
@@ -300,24 +320,20 @@ def _create_untrained(backbone: str, *, seed: int) -> nn.Module:
 
 def _create_pretrained(name: str) -> nn.Module:
     """timm's normal download, but without a minute of retries when the hub is unreachable."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(pretrained_cfg, "hf_hub_id", None)
     if repo:
         for filename in ("model.safetensors", "pytorch_model.bin"):
-            cached = try_to_load_from_cache(repo, filename)
+            cached = huggingface_hub.try_to_load_from_cache(repo, filename)
             if isinstance(cached, str):
                 return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
-        if not _reachable(constants.ENDPOINT):
-            raise ConnectionError(f"{constants.ENDPOINT} is unreachable and {repo} is not in the local cache")
+        endpoint = huggingface_hub.constants.ENDPOINT
+        if not _reachable(endpoint):
+            raise ConnectionError(f"{endpoint} is unreachable and {repo} is not in the local cache")
     return timm.create_model(name, pretrained=True)
 
 
 def _reachable(url: str, *, timeout: float = 5.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     try:
         with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
@@ -330,13 +346,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file, never unpickling code."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsFileError(f"{path}: not a readable weights file ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise WeightsFileError(f"{path}: not a readable weights file ({type(exc).__name__}: {one_line(exc, first_line=True, limit=200)})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -371,8 +385,3 @@ def _replace_max_pooling(model: nn.Module) -> None:
             setattr(model, name, nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode))
         else:
             _replace_max_pooling(module)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

@@ -26,6 +26,12 @@ def yiq_to_rgb(images: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", _YIQ_TO_RGB.to(images), images)
 
 
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """Y, the luminance, of RGB images (..., 3, H, W) in [0, 1] -> (..., H, W) in [0, 1] (row Y of :func:`rgb_to_yiq`)."""
+    red, green, blue = images.unbind(-3)
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
 def luminance_as_rgb(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB -> its luminance repeated on three channels (a grey RGB image)."""
     luminance = rgb_to_yiq(images)[:, :1]

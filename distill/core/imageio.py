@@ -2,7 +2,13 @@
 
 Inside the library every image is a float tensor in [0, 1], RGB, shape (3, H, W) for one
 image or (B, 3, H, W) for a batch. This module is the only place that turns files into
-such tensors and back.
+such tensors and back, and the only place that rounds them to the 8-bit levels a file
+holds.
+
+PIL's own decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) is process-wide, so
+this module never changes it: :func:`load_image` checks ``max_pixels`` itself. PIL still
+warns above its limit and refuses twice its limit; the command line sets PIL's limit to
+:data:`DEFAULT_MAX_PIXELS` so that only these checks speak.
 """
 
 from __future__ import annotations
@@ -10,26 +16,21 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from distill.fileio import atomic_path
+from distill.core.errors import BadImageError, ConfigError
+from distill.core.files import atomic_path
 
 #: Images above this many pixels are refused before decoding (decompression-bomb guard).
 #: 40 MP photos must pass; 2x headroom covers large panoramas.
 DEFAULT_MAX_PIXELS = 100_000_000
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-
-class ImageLoadError(ValueError):
-    """A file could not be read as an image; the message names the file and the reason."""
 
 
 def load_image(
@@ -41,32 +42,37 @@ def load_image(
 
     EXIF orientation is applied. Grayscale, palette, RGBA/LA (composited on white),
     CMYK (through its ICC profile when it has one) and 16-bit images are converted to
-    8-bit-precision-or-better RGB. Raises :class:`ImageLoadError` for a missing path,
+    8-bit-precision-or-better RGB. Raises :class:`BadImageError` for a missing path,
     an empty, truncated, corrupt or non-image file, or one over ``max_pixels``.
     """
     path = Path(path)
     if not path.exists():
-        raise ImageLoadError(f"{path}: no such file")
+        raise BadImageError(f"{path}: no such file")
     if path.is_dir():
-        raise ImageLoadError(f"{path}: is a folder, not an image file")
+        raise BadImageError(f"{path}: is a folder, not an image file")
     if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file")
+        raise BadImageError(f"{path}: empty file")
     try:
-        with _pixel_limit(max_pixels), Image.open(path) as img:
+        with Image.open(path) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageLoadError(f"{path}: {width}x{height} pixels {_over_limit(max_pixels)}")
+                raise BadImageError(f"{path}: {width}x{height} pixels {_over_limit(max_pixels)}")
             img.load()
             img = ImageOps.exif_transpose(img)
             array = _to_rgb_float(img)
-    except ImageLoadError:
+    except BadImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageLoadError(f"{path}: {_over_limit(max_pixels)}") from None
+        if max_pixels is None:  # PIL's own, process-wide guard spoke
+            raise BadImageError(
+                f"{path}: exceeds PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard; "
+                "raise PIL.Image.MAX_IMAGE_PIXELS to read it)"
+            ) from None
+        raise BadImageError(f"{path}: {_over_limit(max_pixels)}") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file, or a format that cannot be read") from None
+        raise BadImageError(f"{path}: not an image file, or a format that cannot be read") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: truncated or corrupt image ({exc})") from None
+        raise BadImageError(f"{path}: truncated or corrupt image ({exc})") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -82,18 +88,35 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
         image = image[0]
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"save_image expects shape (3, H, W), got {tuple(image.shape)}")
-    array = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(array, mode="RGB").save(tmp, format=_pil_format(path))
+        Image.fromarray(to_uint8(image), mode="RGB").save(tmp, format=output_format(path))
     return path
 
 
-def resize_image(image: torch.Tensor, *, long_side: int | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Resize (3, H, W) or (B, 3, H, W) images, antialiased.
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, clamped and rounded (not truncated): what a file holds."""
+    return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Round images in [0, 1] (any shape) to the 256 levels an 8-bit PNG holds (what :func:`save_image` writes)."""
+    return images.clamp(0, 1).mul(255).round().div(255)
+
+
+def resize_image(
+    image: torch.Tensor,
+    *,
+    long_side: int | None = None,
+    size: tuple[int, int] | None = None,
+    antialias: bool | None = None,
+) -> torch.Tensor:
+    """Resize (3, H, W) or (B, 3, H, W) images in [0, 1] bilinearly; the result is clamped to [0, 1].
 
     Give either ``long_side`` (keeps the aspect ratio; the longer side becomes this many
-    pixels) or an exact ``size`` as (H, W). Returns the same rank as the input.
+    pixels) or an exact ``size`` as (H, W). Returns the same rank as the input, and the
+    input itself when the size does not change. ``antialias``: ``None`` antialiases only
+    when shrinking (the usual choice); ``True`` also when enlarging.
     """
     if (long_side is None) == (size is None):
         raise ValueError("give exactly one of long_side or size")
@@ -105,8 +128,9 @@ def resize_image(image: torch.Tensor, *, long_side: int | None = None, size: tup
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
     if tuple(size) == (height, width):
         return image
-    shrinking = size[0] < height or size[1] < width
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking).clamp(0, 1)
+    if antialias is None:
+        antialias = size[0] < height or size[1] < width
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias).clamp(0, 1)
     return x if batched else x[0]
 
 
@@ -152,27 +176,15 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-@contextlib.contextmanager
-def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    # PIL's guard is global; set it for this call only. PIL raises its error at 2x its
-    # limit, so the explicit size check above gives the message for the range between.
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
-def _over_limit(max_pixels: int | None) -> str:
+def _over_limit(max_pixels: int) -> str:
     return f"exceeds the limit of {max_pixels:,} pixels (decompression-bomb guard; pass max_pixels=None to lift it)"
 
 
-def _pil_format(path: Path) -> str:
+def output_format(path: str | os.PathLike) -> str:
+    """The PIL format that :func:`save_image` writes for ``path``'s suffix; :class:`ConfigError` if none."""
+    path = Path(path)
     suffix = path.suffix.lower()
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
     if suffix not in formats:
-        raise ValueError(f"{path}: unsupported output suffix {suffix!r}; use one of {sorted(formats)}")
+        raise ConfigError(f"{path}: unsupported output suffix {suffix!r}; use one of {sorted(formats)}")
     return formats[suffix]

@@ -29,6 +29,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.color import rgb2lab
+
+from distill.core.color import luminance
+from distill.core.imageio import resize_image
 
 #: Scales (downsampling factors) of the gradient statistics.
 TEXTURE_SCALES = (1, 2, 4)
@@ -60,8 +64,8 @@ def stylisation_figures(output: torch.Tensor, content: torch.Tensor, style: torc
     output's long side, so the texture scales mean the same pixels in both.
     """
     output = _as_image(output)
-    content = _fit(_as_image(content), output.shape[-2:])
-    style = _resize_long_side(_as_image(style), max(output.shape[-2:]))
+    content = resize_image(_as_image(content), size=tuple(output.shape[-2:]), antialias=True)
+    style = resize_image(_as_image(style), long_side=max(output.shape[-2:]), antialias=True)
     recoloured = match_colour_statistics(content, style)
 
     style_colours = _lab_pixels(style)
@@ -81,9 +85,9 @@ def stylisation_figures(output: torch.Tensor, content: torch.Tensor, style: torc
 def structure_kept(output: torch.Tensor, content: torch.Tensor) -> float:
     """Pearson correlation of luminance gradient magnitudes, content vs output (same size)."""
     output = _as_image(output)
-    content = _fit(_as_image(content), output.shape[-2:])
-    a = _gradient_magnitude(_luminance(output)).flatten().double()
-    b = _gradient_magnitude(_luminance(content)).flatten().double()
+    content = resize_image(_as_image(content), size=tuple(output.shape[-2:]), antialias=True)
+    a = _gradient_magnitude(luminance(output)).flatten().double()
+    b = _gradient_magnitude(luminance(content)).flatten().double()
     a, b = a - a.mean(), b - b.mean()
     denominator = float(a.norm() * b.norm())
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
@@ -117,17 +121,17 @@ def texture_descriptor(image: torch.Tensor) -> dict[str, np.ndarray]:
     and the magnitude-weighted histogram of gradient orientations. Plus the radially
     averaged log power spectrum.
     """
-    luminance = _luminance(_as_image(image))
+    plane = luminance(_as_image(image))
     descriptor: dict[str, np.ndarray] = {}
     for scale in TEXTURE_SCALES:
-        level = F.avg_pool2d(luminance[None, None], scale)[0, 0] if scale > 1 else luminance
+        level = F.avg_pool2d(plane[None, None], scale)[0, 0] if scale > 1 else plane
         gy, gx = _gradients(level)
         magnitude = torch.sqrt(gx**2 + gy**2)
         clipped = magnitude.flatten().clamp(max=_MAGNITUDE_RANGE)
         descriptor[f"magnitude_{scale}"] = _histogram(clipped, _MAGNITUDE_BINS, 0.0, _MAGNITUDE_RANGE)
         orientation = torch.remainder(torch.atan2(gy, gx), np.pi).flatten()
         descriptor[f"orientation_{scale}"] = _histogram(orientation, _ORIENTATION_BINS, 0.0, np.pi, weights=magnitude.flatten())
-    descriptor["spectrum"] = _radial_spectrum(luminance)
+    descriptor["spectrum"] = _radial_spectrum(plane)
     return descriptor
 
 
@@ -177,22 +181,6 @@ def _as_image(image: torch.Tensor) -> torch.Tensor:
     return image.detach().float().cpu().clamp(0, 1)
 
 
-def _fit(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
-
-
-def _resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    height, width = image.shape[-2:]
-    scale = long_side / max(height, width)
-    return _fit(image, (max(1, round(height * scale)), max(1, round(width * scale))))
-
-
-def _luminance(image: torch.Tensor) -> torch.Tensor:
-    return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
-
-
 def _gradients(plane: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel derivatives (y, x) of a 2-D plane, replicate-padded so sizes are kept."""
     sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
@@ -232,8 +220,6 @@ def _radial_spectrum(plane: torch.Tensor) -> np.ndarray:
 
 def _lab_pixels(image: torch.Tensor) -> torch.Tensor:
     """Pixels (N, 3) in CIELAB (D65), so colour distances follow perceived differences."""
-    from skimage.color import rgb2lab
-
     lab = rgb2lab(image.permute(1, 2, 0).numpy().astype(np.float64))
     return torch.from_numpy(lab.reshape(-1, 3))
 

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,25 +20,19 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     The temporary name keeps ``path``'s suffix (or ``suffix``) so that libraries which
-    pick a format from the extension (PIL, safetensors, ONNX) still work.
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    pick a format from the extension (PIL, safetensors, ONNX) still work. On success the
+    file is fsynced, renamed onto ``path`` and the folder fsynced, so the new file
+    survives a crash once this returns. On an exception the temporary file is removed
+    and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file owner-only (0600); give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_path = _new_temp_file(path, suffix if suffix is not None else path.suffix)
     try:
         yield tmp_path
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -91,11 +85,27 @@ def _fsync_file(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible on every platform.
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX); a no-op where folders cannot be fsynced."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _new_temp_file(path: Path, suffix: str) -> Path:
+    """Create an empty ``.<name>.tmp.<random><suffix>`` beside ``path`` and return its path."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.tmp.{secrets.token_hex(4)}{suffix}"
+        try:
+            # Mode 0o666 lets the kernel apply the umask: the file gets the permissions of a
+            # plain open(), not mkstemp's owner-only 0600, without reading (that is, setting)
+            # the process-wide umask.
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")

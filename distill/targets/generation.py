@@ -1,4 +1,4 @@
-"""Fill a :class:`distill.store.TargetStore` with Gatys teacher targets.
+"""Fill a :class:`distill.targets.store.TargetStore` with Gatys teacher targets.
 
 :func:`generate_targets` is resumable (finished targets are never recomputed, whatever
 killed the previous run), shardable (``shard=(i, n)`` takes the contents whose hash is
@@ -6,19 +6,21 @@ killed the previous run), shardable (``shard=(i, n)`` takes the contents whose h
 (contents of the same size at the teacher's resolution share one ``stylize`` call).
 Several processes may fill the same store at once: each appends to its own manifest, and
 an advisory lock per target keeps overlapping runs from computing the same target twice.
+
+It prints nothing: lines for a user go to ``log`` and progress to ``progress``, both
+silent by default (the command line draws them on the console).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import os
-import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,20 +28,16 @@ from typing import Any
 
 import torch
 
-from distill.criterion import StyleCriterion
-from distill.criterion import build_criterion as build_style_criterion
-from distill.fileio import sha256_file, write_text_atomic
-from distill.imaging import IMAGE_SUFFIXES, ImageLoadError, list_images, load_image, resize_image, save_image
-from distill.lossnet import LossNetwork, build_loss_network
-from distill.store import (
-    ManifestReader,
-    ManifestWriter,
-    StoreError,
-    TargetStore,
-    describe_config,
-    entry_key,
-    RECORD_VERSION,
-)
+from distill.core.errors import BadImageError, ConfigError, DeviceError, one_line
+from distill.core.devices import resolve_device
+from distill.core.files import sha256_file, write_text_atomic
+from distill.core.imageio import IMAGE_SUFFIXES, list_images, load_image, quantize_8bit, resize_image, save_image
+from distill.objective.criterion import StyleCriterion, build_criterion
+from distill.objective.lossnet import LossNetwork, weights_file
+from distill.targets.locks import KeyLocks
+from distill.targets.manifest import RECORD_VERSION, ManifestReader, ManifestWriter
+from distill.targets.store import TargetStore, describe_config, entry_key
+# The module, not its function: the teacher is called as gatys.stylize, which tests replace.
 from teachers import gatys
 from teachers.gatys import TeacherConfig
 
@@ -53,7 +51,7 @@ STALE_TEMP_SECONDS = 600
 _MAX_WAITING_BATCHES = 4
 
 
-class GenerationInputError(ValueError):
+class GenerationInputError(ConfigError):
     """Bad command-line input found before any work: style, content folder, shard, device."""
 
 
@@ -122,6 +120,30 @@ class GenerationSummary:
         return out
 
 
+@dataclass(frozen=True)
+class GenerationProgress:
+    """One progress report of :func:`generate_targets`, for a console bar.
+
+    ``stage``: ``"hashing"`` (``done`` of ``total`` content files read and hashed),
+    ``"targets"`` (pending contents dealt with: computed, already present, skipped, failed
+    or left to another writer) or ``"teacher"`` (objective evaluations of the running
+    batch, so that a batch of several minutes shows movement). ``new``, ``skipped``,
+    ``failed`` and ``busy`` are the running counts of :class:`GenerationSummary`.
+    """
+
+    stage: str
+    done: int
+    total: int
+    new: int = 0
+    skipped: int = 0
+    failed: int = 0
+    busy: int = 0
+
+
+#: Receives :class:`GenerationProgress` reports.
+ProgressCallback = Callable[[GenerationProgress], None]
+
+
 @dataclass
 class _Content:
     path: Path
@@ -160,20 +182,6 @@ def shard_of(key: str, count: int) -> int:
     return int(key[:16], 16) % count
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; under torchrun, ``cuda`` -> ``cuda:LOCAL_RANK``."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GenerationInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    elif device != "cpu":
-        raise GenerationInputError(f"--device must be cpu, cuda or auto, got {device!r}")
-    return device
-
-
 def generate_targets(
     *,
     content_dir: str | os.PathLike,
@@ -184,7 +192,9 @@ def generate_targets(
     shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
     limit: int | None = None,
-    progress: bool = True,
+    network: LossNetwork | None = None,
+    teacher: gatys.Teacher | None = None,
+    progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
 ) -> GenerationSummary:
     """Compute the missing teacher targets of this shard's contents and record them in the store.
@@ -192,58 +202,28 @@ def generate_targets(
     ``content_dir`` is walked recursively for image files. Unreadable, empty, corrupt or
     tiny files are skipped with one logged line each. Raises
     :class:`GenerationInputError` (bad style, missing or empty content folder, bad shard,
-    unavailable device) and :class:`distill.store.StoreError` before doing any work.
-    ``log`` receives the per-file lines and warnings (default: stderr, above the progress bar).
+    unavailable device) and :class:`distill.core.errors.StoreError` before doing any work.
+    ``network``: a loss network built for ``teacher_config.criterion`` to reuse (e.g. one
+    per style in one process); built here otherwise. ``teacher``: what runs the
+    optimisation (default :func:`teachers.gatys.stylize`; on the CPU a batch matches
+    single images exactly only with oneDNN off, see there). ``log`` receives the
+    per-file lines and warnings, ``progress`` :class:`GenerationProgress` reports; both
+    default to silence.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
-    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    log = log or _silent
     teacher_config = teacher_config.resolved()  # the store records what ran, not "auto"
-    if batch_size < 1:
-        raise GenerationInputError(f"--batch-size must be at least 1, got {batch_size}")
-    shard_index, shard_count = shard
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise GenerationInputError(f"shard {shard_index}/{shard_count}: need 0 <= i < n")
-    if teacher_config.size < MIN_SIDE:
-        raise GenerationInputError(f"--size {teacher_config.size}: the teacher needs at least {MIN_SIDE} px")
-    device = resolve_device(device)
-    weights = teacher_config.criterion.weights
-    if weights not in ("pretrained", "random") and not Path(weights).is_file():
-        raise GenerationInputError(f"--weights {weights!r}: no such file; use pretrained, random or a weights file")
-
-    # Styles first: a bad style must stop the run before anything is read or written.
-    style_paths = [Path(p) for p in style_paths]
-    if not style_paths:
-        raise GenerationInputError("at least one --style image is needed")
-    for path in style_paths:
-        try:
-            load_image(path)
-        except ImageLoadError as exc:
-            raise GenerationInputError(f"style image {exc}") from None
-    blend = teacher_config.criterion.style_blend
-    if blend is not None and len(blend) != len(style_paths):
-        raise GenerationInputError(f"{len(style_paths)} style image(s) but {len(blend)} --style-weights")
-
-    try:
-        files = list_images(content_dir)
-    except FileNotFoundError:
-        raise GenerationInputError(f"content folder {content_dir} does not exist") from None
-    store_dir = Path(store_root).resolve()
-    # A store inside the content folder must not feed its own PNGs back in as contents.
-    files = [f for f in files if not f.resolve().is_relative_to(store_dir)]
-    if not files:
-        suffixes = " ".join(IMAGE_SUFFIXES)
-        raise GenerationInputError(f"content folder {content_dir} has no image files ({suffixes})")
-    if limit is not None:
-        files = files[: max(0, limit)]
+    device = _check_run_settings(teacher_config, batch_size=batch_size, shard=shard, device=device)
+    style_paths = _check_styles(style_paths, teacher_config)
+    files = _content_files(content_dir, store_root, limit=limit)
 
     store, config_hash = TargetStore.open_or_create(store_root, teacher_config=teacher_config, style_paths=style_paths)
+    weights = teacher_config.criterion.weights
     summary = GenerationSummary(
         store_root=str(store.root),
         config_hash=config_hash,
         config=describe_config(teacher_config),
-        shard=(shard_index, shard_count),
+        shard=(shard[0], shard[1]),
         files=len(files),
         weights=weights,
         random_weights=weights == "random",
@@ -257,7 +237,110 @@ def generate_targets(
         )
     _remove_stale_temp_files(store, config_hash)
 
-    contents = _hash_contents(files, content_dir, progress=progress)
+    items = _distinct_contents(_hash_contents(files, progress), shard, summary, log)
+    reader = ManifestReader(store.manifest_dir(config_hash))
+    finished = _finished_contents(store, reader)
+    pending = [item for item in items if item.content_hash not in finished]
+    summary.present = len(items) - len(pending)
+    shard_index, shard_count = shard
+    log(
+        f"store {store.root}: config {config_hash[:16]} ({summary.config}); shard {shard_index}/{shard_count}: "
+        f"{len(items)} contents, {summary.present} already present, {len(pending)} to compute"
+    )
+
+    summary.started = time.time()
+    if pending:
+        writer = ManifestWriter(
+            store.manifest_dir(config_hash), writer_name=f"{shard_index}of{shard_count}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        run = _Run(store, config_hash, teacher_config, summary=summary, reader=reader, finished=finished, writer=writer,
+                   device=device, batch_size=batch_size, network=network, teacher=teacher, log=log, progress=progress)
+        try:
+            run.process(pending)
+        finally:
+            run.close()
+    summary.finished = time.time()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def time_teacher(
+    criterion: StyleCriterion, content: torch.Tensor, teacher_config: TeacherConfig, *, iterations: int = 3
+) -> dict[str, float]:
+    """Time a short teacher run (``iterations`` L-BFGS iterations at full size) on ``content`` (1, 3, H, W).
+
+    Returns {"seconds", "iterations", "seconds_per_iteration"}. The fidelity report uses
+    it when the store's timings were measured on another device type.
+    """
+    config = dataclasses.replace(teacher_config, iterations=max(1, iterations), scales=(1.0,))
+    result = gatys.stylize(criterion, content, config=config)
+    spent = max(1, result.iterations_run[0])
+    return {"seconds": result.seconds, "iterations": spent, "seconds_per_iteration": result.seconds / spent}
+
+
+def _silent(message: str) -> None:
+    """The default ``log``: the library prints nothing."""
+
+
+def _check_run_settings(config: TeacherConfig, *, batch_size: int, shard: tuple[int, int], device: str) -> str:
+    """Refuse bad settings before any file is read; returns the device to run on (as recorded in the manifest)."""
+    if batch_size < 1:
+        raise GenerationInputError(f"--batch-size must be at least 1, got {batch_size}")
+    shard_index, shard_count = shard
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise GenerationInputError(f"shard {shard_index}/{shard_count}: need 0 <= i < n")
+    if config.size < MIN_SIDE:
+        raise GenerationInputError(f"--size {config.size}: the teacher needs at least {MIN_SIDE} px")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise GenerationInputError(f"--device must be cpu, cuda or auto, got {device!r}")
+    # Under torchrun each process takes its own GPU.
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    try:
+        resolved = str(resolve_device(device, local_rank=local_rank))
+    except DeviceError as exc:
+        raise GenerationInputError(str(exc)) from None
+    weights = config.criterion.weights
+    path = weights_file(weights)
+    if path is not None and not path.is_file():
+        raise GenerationInputError(f"--weights {weights!r}: no such file; use pretrained, random or a weights file")
+    return resolved
+
+
+def _check_styles(style_paths: Sequence[str | os.PathLike], config: TeacherConfig) -> list[Path]:
+    """The style files as paths; a bad style must stop the run before anything is read or written."""
+    paths = [Path(p) for p in style_paths]
+    if not paths:
+        raise GenerationInputError("at least one --style image is needed")
+    for path in paths:
+        try:
+            load_image(path)
+        except BadImageError as exc:
+            raise GenerationInputError(f"style image {exc}") from None
+    blend = config.criterion.style_blend
+    if blend is not None and len(blend) != len(paths):
+        raise GenerationInputError(f"{len(paths)} style image(s) but {len(blend)} --style-weights")
+    return paths
+
+
+def _content_files(content_dir: str | os.PathLike, store_root: str | os.PathLike, *, limit: int | None) -> list[Path]:
+    try:
+        files = list_images(content_dir)
+    except FileNotFoundError:
+        raise GenerationInputError(f"content folder {content_dir} does not exist") from None
+    store_dir = Path(store_root).resolve()
+    # A store inside the content folder must not feed its own PNGs back in as contents.
+    files = [f for f in files if not f.resolve().is_relative_to(store_dir)]
+    if not files:
+        suffixes = " ".join(IMAGE_SUFFIXES)
+        raise GenerationInputError(f"content folder {content_dir} has no image files ({suffixes})")
+    return files if limit is None else files[: max(0, limit)]
+
+
+def _distinct_contents(
+    contents: list[_Content], shard: tuple[int, int], summary: GenerationSummary, log: Callable[[str], None]
+) -> list[_Content]:
+    """This shard's readable contents, one per distinct file content; counts the rest in ``summary``."""
+    shard_index, shard_count = shard
     mine = [c for c in contents if shard_of(c.content_hash or _path_hash(c.display), shard_count) == shard_index]
     items: list[_Content] = []
     seen: set[str] = set()
@@ -275,48 +358,19 @@ def generate_targets(
             seen.add(item.content_hash)
             items.append(item)
     summary.in_shard = len(items) + len(summary.bad)
+    return items
 
-    reader = ManifestReader(store.manifest_dir(config_hash))
-    # A recorded target whose files were deleted (e.g. after --verify found them corrupt) is redone.
-    finished = {
+
+def _finished_contents(store: TargetStore, reader: ManifestReader) -> set[str]:
+    """Content hashes with a manifest record and all their files.
+
+    A recorded target whose files were deleted (e.g. after --verify found them corrupt) is redone.
+    """
+    return {
         r["content_hash"]
         for r in reader.read_new()
         if all((store.root / r[name]).is_file() for name in ("target", "content_image", "trace"))
     }
-    pending = [item for item in items if item.content_hash not in finished]
-    summary.present = len(items) - len(pending)
-    log(
-        f"store {store.root}: config {config_hash[:16]} ({summary.config}); shard {shard_index}/{shard_count}: "
-        f"{len(items)} contents, {summary.present} already present, {len(pending)} to compute"
-    )
-
-    summary.started = time.time()
-    if pending:
-        run = _Run(
-            store=store,
-            config_hash=config_hash,
-            teacher_config=teacher_config,
-            device=device,
-            batch_size=batch_size,
-            summary=summary,
-            reader=reader,
-            finished=finished,
-            log=log,
-            writer=ManifestWriter(
-                store.manifest_dir(config_hash),
-                writer_name=f"{shard_index}of{shard_count}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-            ),
-        )
-        bar = tqdm(total=len(pending), unit="img", desc=f"targets {shard_index}/{shard_count}", disable=not progress)
-        run.bar = bar
-        try:
-            run.process(pending)
-        finally:
-            bar.close()
-            run.close()
-    summary.finished = time.time()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 class _Run:
@@ -324,34 +378,40 @@ class _Run:
 
     def __init__(
         self,
-        *,
         store: TargetStore,
         config_hash: str,
         teacher_config: TeacherConfig,
-        device: str,
-        batch_size: int,
+        *,
         summary: GenerationSummary,
         reader: ManifestReader,
         finished: set[str],
-        log: Callable[[str], None],
         writer: ManifestWriter,
+        device: str,
+        batch_size: int,
+        network: LossNetwork | None,
+        teacher: gatys.Teacher | None,
+        log: Callable[[str], None],
+        progress: ProgressCallback | None,
     ) -> None:
         self.store = store
         self.config_hash = config_hash
         self.config = teacher_config
-        self.device = device
-        self.batch_size = batch_size
         self.summary = summary
         self.reader = reader
         self.finished = finished
-        self.log = log
         self.writer = writer
-        self.locks = _KeyLocks(store.root / "locks" / config_hash)
+        self.device = device
+        self.batch_size = batch_size
+        self.network = network
+        self.teacher = teacher
+        self.log = log
+        self.progress = progress
+        self.locks = KeyLocks(store.root / "locks" / config_hash)
         self.style_hashes = list(store.style_hashes(config_hash))
-        self.bar = None
         self._criterion: StyleCriterion | None = None
         self._style_image: torch.Tensor | None = None
-        self._last_refresh = 0.0
+        self._done = 0
+        self._total = 0
 
     def close(self) -> None:
         self.writer.close()
@@ -363,8 +423,7 @@ class _Run:
         if self._criterion is None:
             config = self.config.criterion
             styles = self.store.style_images(self.config_hash)  # the store's copies: what readers will use
-            network = _loss_network(config, self.device)
-            self._criterion = build_style_criterion(config, styles, device=self.device, network=network)
+            self._criterion = build_criterion(config, styles, device=self.device, network=self.network)
             self._style_image = styles[0].to(self.device)
             self.summary.weights = self._criterion.weights_description
             self.summary.random_weights = self._criterion.network.is_random
@@ -373,6 +432,8 @@ class _Run:
     def process(self, pending: list[_Content]) -> None:
         """Load each pending content, group equal sizes into batches, run the teacher on each batch."""
         waiting: dict[tuple[int, int], list[tuple[_Content, torch.Tensor]]] = {}
+        self._total = len(pending)
+        self._advance(0)
         for item in pending:
             try:
                 image = self._content_tensor(item)
@@ -399,11 +460,11 @@ class _Run:
         """
         copy = self.store.content_file(item.content_hash, self.config.size)
         if copy.is_file():
-            with contextlib.suppress(ImageLoadError):
+            with contextlib.suppress(BadImageError):
                 return load_image(copy)  # another config at this size already made it
         try:
             image = load_image(item.path)
-        except ImageLoadError as exc:
+        except BadImageError as exc:
             raise _Skip(str(exc).removeprefix(f"{item.path}: ")) from None
         height, width = image.shape[-2:]
         if min(height, width) < MIN_SIDE:
@@ -414,7 +475,7 @@ class _Run:
                 f"too elongated ({width}x{height} px becomes {image.shape[-1]}x{image.shape[-2]} at size "
                 f"{self.config.size}; every side needs at least {MIN_SIDE} px)"
             )
-        image = image.clamp(0, 1).mul(255).round().div(255)
+        image = quantize_8bit(image)
         save_image(image, copy)
         return image
 
@@ -445,13 +506,9 @@ class _Run:
     def _teach(self, batch: list[tuple[_Content, torch.Tensor]]) -> None:
         criterion = self.criterion
         content = torch.stack([image for _, image in batch]).to(self.device)
+        teacher = self.teacher or gatys.stylize  # looked up now: tests replace gatys.stylize
         try:
-            with warnings.catch_warnings():
-                # torch warns about Intel-GPU TF32 on every mkldnn.flags() the teacher enters; noise above the bar.
-                warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-                result = gatys.stylize(
-                    criterion, content, config=self.config, style_image=self._style_image, progress=self._iteration
-                )
+            result = teacher(criterion, content, config=self.config, style_image=self._style_image, progress=self._iteration)
         except Exception as exc:  # one bad image (or an OOM at this batch size) must not fail the others
             if len(batch) > 1:
                 self.log(f"teacher failed on a batch of {len(batch)} ({type(exc).__name__}: {exc}); retrying one by one")
@@ -459,7 +516,7 @@ class _Run:
                     self._teach([one])
                 return
             item = batch[0][0]
-            reason = f"teacher failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            reason = f"teacher failed ({type(exc).__name__}: {one_line(exc, first_line=True)})"
             self.summary.failed.append((item.display, reason))
             self.log(f"failed {item.display}: {reason}")
             self._advance(1)
@@ -517,91 +574,25 @@ class _Run:
         self.finished.update(record["content_hash"] for record in self.reader.read_new())
 
     def _advance(self, count: int) -> None:
-        if self.bar is None:
-            return
-        summary = self.summary
-        postfix = {"done": summary.new, "skipped": summary.skipped, "failed": len(summary.failed)}
-        if summary.busy:
-            postfix["busy"] = summary.busy
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(count)
+        self._done += count
+        self._report("targets", self._done, self._total)
 
     def _iteration(self, done: int, total: int) -> None:
         # Within a long batch the bar would otherwise look stalled for minutes.
-        now = time.perf_counter()
-        if self.bar is None or now - self._last_refresh < 0.5:
+        self._report("teacher", done, total)
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is None:
             return
-        self._last_refresh = now
         summary = self.summary
-        self.bar.set_postfix_str(
-            f"done={summary.new}, skipped={summary.skipped}, failed={len(summary.failed)}, batch {100 * done // total}%"
-        )
+        self.progress(GenerationProgress(
+            stage, done, total, new=summary.new, skipped=summary.skipped, failed=len(summary.failed), busy=summary.busy
+        ))
 
 
-class _KeyLocks:
-    """Non-blocking advisory locks, one file per target (``fcntl.flock``; released by the OS if we die).
-
-    Without ``fcntl`` (Windows) locking is a no-op: run disjoint shards there.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._held: dict[str, int] = {}
-        try:
-            import fcntl
-
-            self._fcntl = fcntl
-        except ImportError:  # pragma: no cover - Windows
-            self._fcntl = None
-
-    def acquire(self, name: str) -> bool:
-        if self._fcntl is None:
-            return True
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._held[name] = fd
-        return True
-
-    def release(self, name: str) -> None:
-        fd = self._held.pop(name, None)
-        if fd is not None:
-            os.close(fd)  # closing drops the flock
-
-    def release_all(self) -> None:
-        for name in list(self._held):
-            self.release(name)
-
-
-_NETWORK_CACHE: dict[tuple, LossNetwork] = {}
-
-
-def _loss_network(config, device: str) -> LossNetwork:
-    """The loss network for ``config``, reused across calls in one process (e.g. one call per style)."""
-    content_layers, style_layers = config.resolved_layers()
-    layers = tuple(dict.fromkeys(content_layers + style_layers))
-    stamp = None
-    if config.weights not in ("pretrained", "random"):
-        stat = Path(config.weights).stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-    key = (config.backbone, config.weights, stamp, config.seed, config.pooling, layers, device)
-    if key not in _NETWORK_CACHE:
-        _NETWORK_CACHE.clear()  # keep one: a network is large
-        _NETWORK_CACHE[key] = build_loss_network(
-            config.backbone, weights=config.weights, layers=layers, seed=config.seed, pooling=config.pooling, device=device
-        )
-    return _NETWORK_CACHE[key]
-
-
-def _hash_contents(files: list[Path], content_dir: str | os.PathLike, *, progress: bool) -> list[_Content]:
-    from tqdm.auto import tqdm
-
+def _hash_contents(files: list[Path], progress: ProgressCallback | None) -> list[_Content]:
     contents = []
-    for path in tqdm(files, desc="hashing contents", unit="file", disable=not progress or len(files) < 200, leave=False):
+    for done, path in enumerate(files, start=1):
         item = _Content(path=path, display=str(path))
         try:
             item.size_bytes = path.stat().st_size
@@ -609,6 +600,8 @@ def _hash_contents(files: list[Path], content_dir: str | os.PathLike, *, progres
         except OSError as exc:
             item.error = f"unreadable ({exc.strerror or exc})"
         contents.append(item)
+        if progress is not None:
+            progress(GenerationProgress("hashing", done, len(files)))
     return contents
 
 
@@ -626,16 +619,3 @@ def _remove_stale_temp_files(store: TargetStore, config_hash: str) -> None:
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
-
-
-__all__ = [
-    "GenerationInputError",
-    "GenerationSummary",
-    "MIN_SIDE",
-    "StoreError",
-    "generate_targets",
-    "parse_shard",
-    "resolve_device",
-    "shard_from_env",
-    "shard_of",
-]

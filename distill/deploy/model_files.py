@@ -1,6 +1,6 @@
-"""Run a trained student on images: load any student file, stylise files and folders.
+"""Load any student model file: a checkpoint or an export, detected by content.
 
-:func:`load_student` is the public entry point.  It accepts
+:func:`load_model` is the public entry point.  It accepts
 
 * a student checkpoint (``.safetensors`` written by :func:`students.save_student`),
 * an ONNX export (run by onnxruntime),
@@ -19,8 +19,8 @@ are checked to hold no pickled payloads, no compiled (AOTInductor) libraries and
 sample inputs that load with ``torch.load(weights_only=True)`` before
 ``torch.export.load`` is called (it would otherwise fall back to full unpickling).
 
-:func:`stylize_path` stylises one image or a whole folder (recursively), tiling images
-above a pixel budget with :mod:`distill.tiling`.
+Loading a ``.pt2`` or TorchScript file makes torch warn (deprecations, names); this module
+leaves the process's warning filters alone, and the command line silences them.
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ import io
 import json
 import os
 import struct
-import time
-import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
-from distill.imaging import ImageLoadError, _pil_format, list_images, load_image, save_image
-from distill.tiling import DEFAULT_OVERLAP, DEFAULT_PIXEL_BUDGET, DEFAULT_TILE, stylize_tiled
+from distill.core.errors import ModelFileError, one_line
+from students import StudentCheckpointError, read_student_metadata
+from students import load_student as load_checkpoint_model
 
 #: Key of the JSON metadata in every export (ONNX metadata_props key, and the
 #: file name inside pt2 ``extra/`` and TorchScript ``extra/``).
@@ -56,12 +56,8 @@ KINDS = ("checkpoint", "onnx", "pt2", "torchscript")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ModelFileError):
     """A file is not a loadable student model; the message names the file and why."""
-
-
-class StylizeInputError(ValueError):
-    """Bad arguments to :func:`stylize_path` (tile/overlap/batch size, output kind)."""
 
 
 class PrecisionWrapper(nn.Module):
@@ -94,6 +90,8 @@ class StyleModel:
         dtype: ``fp32``, ``fp16`` or ``bf16``: the precision it computes in.
         stride: total stride of the network; tiles are aligned to it.
         min_side: smallest H and W it accepts.
+        session: for ONNX files, the onnxruntime session (for benchmarks and
+            introspection); None otherwise.
     """
 
     def __init__(
@@ -116,6 +114,7 @@ class StyleModel:
         self.dtype = dtype
         self.stride = int(stride)
         self.min_side = int(min_side)
+        self.session: ort.InferenceSession | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Stylise (B, 3, H, W) float RGB in [0, 1] -> (B, 3, H, W) float32 in [0, 1]."""
@@ -186,7 +185,7 @@ def detect_model_kind(path: str | os.PathLike[str]) -> str:
     )
 
 
-def load_student(
+def load_model(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
@@ -230,20 +229,18 @@ def load_student(
     except ModelLoadError:
         raise
     except Exception as error:  # a runtime's own error types vary; name the file once
-        raise ModelLoadError(f"{path}: cannot load {kind} model ({type(error).__name__}: {_one_line(error)})") from error
+        raise ModelLoadError(f"{path}: cannot load {kind} model ({type(error).__name__}: {one_line(error, limit=400)})") from error
 
 
 def read_export_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The distill metadata of a model file, without building the model.
 
     For checkpoints this is :func:`students.read_student_metadata`'s result; for exports
-    the JSON written by :mod:`distill.export`.
+    the JSON written by :mod:`distill.deploy.export`.
     """
     path = Path(path)
     kind = detect_model_kind(path)
     if kind == "checkpoint":
-        from students import StudentCheckpointError, read_student_metadata
-
         try:
             return read_student_metadata(path)
         except StudentCheckpointError as error:
@@ -255,14 +252,20 @@ def read_export_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _parse_metadata(path, _zip_read_text(path, f"{root}extra/{METADATA_KEY}"))
 
 
-def _load_checkpoint(path: Path, *, device: torch.device, dtype: str | None, threads: int | None) -> StyleModel:
-    from students import StudentCheckpointError
-    from students import load_student as load_checkpoint
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """A student checkpoint's model (eval mode, CPU) and metadata (see :func:`students.load_student`).
 
+    Raises:
+        ModelLoadError: the file is not a loadable student checkpoint.
+    """
     try:
-        model, metadata = load_checkpoint(path, device="cpu")
+        return load_checkpoint_model(path, device="cpu")
     except StudentCheckpointError as error:
         raise ModelLoadError(str(error)) from error
+
+
+def _load_checkpoint(path: Path, *, device: torch.device, dtype: str | None, threads: int | None) -> StyleModel:
+    model, metadata = read_checkpoint(path)
     dtype = dtype or "fp32"
     if dtype != "fp32":
         model = PrecisionWrapper(model, DTYPES[dtype]).eval()
@@ -305,14 +308,12 @@ def _export_style_model(
     )
 
 
-def _read_onnx(path: Path):
-    import onnx
-
+def _read_onnx(path: Path) -> onnx.ModelProto:
     try:
         # External data is not needed for the metadata, and not loading it keeps this cheap.
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError and friends
-        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(error).__name__}: {_one_line(error)})") from None
+        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(error).__name__}: {one_line(error, limit=400)})") from None
     if not proto.graph.node or not proto.graph.input:
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph)")
     return proto
@@ -324,8 +325,6 @@ def _onnx_metadata(path: Path, proto) -> dict[str, Any]:
 
 
 def _load_onnx(path: Path, *, device: torch.device, dtype: str | None, threads: int | None) -> StyleModel:
-    import onnxruntime as ort
-
     metadata = _onnx_metadata(path, _read_onnx(path))
     dtype = _check_export_dtype(path, metadata, dtype)
     if device.type == "cuda":
@@ -346,7 +345,7 @@ def _load_onnx(path: Path, *, device: torch.device, dtype: str | None, threads: 
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:
         raise ModelLoadError(
-            f"{path}: onnxruntime cannot run this model on {device} ({_one_line(error)})"
+            f"{path}: onnxruntime cannot run this model on {device} ({one_line(error, limit=400)})"
         ) from None
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
@@ -358,7 +357,7 @@ def _load_onnx(path: Path, *, device: torch.device, dtype: str | None, threads: 
         return torch.from_numpy(result)
 
     style_model = _export_style_model(run, path, "onnx", metadata, device, dtype)
-    style_model.session = session  # for benchmarks and introspection
+    style_model.session = session
     return style_model
 
 
@@ -368,11 +367,9 @@ def _load_pt2(path: Path, *, device: torch.device, dtype: str | None, threads: i
     metadata = _parse_metadata(path, _zip_read_text(path, f"{root}extra/{METADATA_KEY}"))
     dtype = _check_export_dtype(path, metadata, dtype)
     _check_pt2_is_pickle_free(path, names, root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with open(path, "rb") as handle:
-            # A seekable handle, not the path: load_pt2 warns about names not ending in .pt2.
-            program = torch.export.load(io.BytesIO(handle.read()))
+    with open(path, "rb") as handle:
+        # A seekable handle, not the path: load_pt2 warns about names not ending in .pt2.
+        program = torch.export.load(io.BytesIO(handle.read()))
     module = program.module().to(device)
     return _export_style_model(module, path, "pt2", metadata, device, dtype)
 
@@ -382,9 +379,7 @@ def _load_torchscript(path: Path, *, device: torch.device, dtype: str | None, th
     root = _zip_root(names)
     metadata = _parse_metadata(path, _zip_read_text(path, f"{root}extra/{METADATA_KEY}"))
     dtype = _check_export_dtype(path, metadata, dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-        module = torch.jit.load(str(path), map_location=device)
+    module = torch.jit.load(str(path), map_location=device)
     module.eval()
     return _export_style_model(module, path, "torchscript", metadata, device, dtype)
 
@@ -410,7 +405,7 @@ def _zip_names(path: Path) -> list[str]:
         with zipfile.ZipFile(path) as archive:
             return archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
-        raise ModelLoadError(f"{path}: corrupt zip archive ({_one_line(error)})") from None
+        raise ModelLoadError(f"{path}: corrupt zip archive ({one_line(error, limit=400)})") from None
 
 
 def _zip_root(names: list[str]) -> str:
@@ -480,199 +475,5 @@ def _check_pt2_is_pickle_free(path: Path, names: list[str], root: str) -> None:
                     torch.load(io.BytesIO(archive.read(root + name)), weights_only=True)
                 except Exception as error:
                     raise ModelLoadError(
-                        f"{path}: sample inputs {name} are not plain tensors ({_one_line(error)}); refused"
+                        f"{path}: sample inputs {name} are not plain tensors ({one_line(error, limit=400)}); refused"
                     ) from None
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 400 else text[:400] + " ..."
-
-
-# --- stylising files and folders -----------------------------------------------------
-
-
-@dataclass
-class StylizeSummary:
-    """What one :func:`stylize_path` call did."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped_existing: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
-    tiled: int = 0  # images that were stylised in tiles
-    seconds: float = 0.0
-
-
-def output_paths(input_path: Path, output: Path) -> list[tuple[Path, Path]]:
-    """(input image, output image) pairs for a file or a folder.
-
-    A file maps to ``output`` itself when that has a suffix (which picks the format:
-    .png, .jpg, .webp, .tif, .bmp), else (or when ``output`` is a folder) to
-    ``output/<stem>.png``.  A folder's images (recursively) map to the same relative
-    paths under ``output`` with a ``.png`` suffix; names that would collide
-    (``a.jpg`` and ``a.png``) keep their original suffix too (``a.jpg.png``).  Files
-    inside ``output`` are not inputs, so rerunning with the output inside the input
-    folder does not stylise earlier results.
-    """
-    input_path, output = Path(input_path), Path(output)
-    if not input_path.exists():
-        raise FileNotFoundError(f"{input_path}: no such file or folder")
-    if input_path.is_file():
-        if output.suffix and not output.is_dir():
-            try:
-                _pil_format(output)  # an unsupported suffix fails now, not after the work
-            except ValueError as error:
-                raise StylizeInputError(str(error)) from None
-            return [(input_path, output)]
-        return [(input_path, output / f"{input_path.stem}.png")]
-    if output.exists() and not output.is_dir():
-        raise StylizeInputError(f"{output}: the input is a folder, so the output must be a folder too")
-    resolved_output = output.resolve()
-    images = [
-        path for path in list_images(input_path)
-        if not path.resolve().is_relative_to(resolved_output)
-    ]
-    relative = [path.relative_to(input_path) for path in images]
-    counts: dict[Path, int] = {}
-    for rel in relative:
-        counts[rel.with_suffix(".png")] = counts.get(rel.with_suffix(".png"), 0) + 1
-    pairs = []
-    for path, rel in zip(images, relative):
-        target = rel.with_suffix(".png")
-        if counts[target] > 1:
-            target = rel.with_name(rel.name + ".png")
-        pairs.append((path, output / target))
-    return pairs
-
-
-def stylize_path(
-    model: StyleModel,
-    input_path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    batch_size: int = 1,
-    tile: int | None = None,
-    overlap: int | None = None,
-    pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-    skip_existing: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    tile_progress: Callable[[int, int], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> StylizeSummary:
-    """Stylise one image or a folder of images (recursively) with ``model``.
-
-    Every image keeps its size (EXIF orientation applied by :func:`load_image`).
-    Images of equal size are batched up to ``batch_size``.  An image is tiled when
-    ``tile`` is given, or automatically when it has more than ``pixel_budget`` pixels
-    (``DEFAULT_TILE`` px tiles, ``DEFAULT_OVERLAP`` px overlap); see :mod:`distill.tiling`.
-
-    Args:
-        model: from :func:`load_student`.
-        input_path: an image file or a folder.
-        output: output file or folder (see :func:`output_paths`).
-        batch_size: images per model call (same-size images only).
-        tile, overlap: force tiling with this tile side / overlap in px.
-        pixel_budget: automatic tiling above this many pixels per image.
-        skip_existing: leave outputs that already exist alone.
-        progress: ``progress(done_images, total_images)`` after each image.
-        tile_progress: ``tile_progress(done_tiles, total_tiles)`` inside a tiled image.
-        log: receives one line per unreadable image (default: nothing; they are in
-            the summary either way).
-
-    Returns:
-        A :class:`StylizeSummary`.  Unreadable images are skipped and listed in
-        ``failed``; a single unreadable input file raises :class:`ImageLoadError`.
-    """
-    if batch_size < 1:
-        raise StylizeInputError(f"batch size must be >= 1, got {batch_size}")
-    if tile is not None and tile // model.stride * model.stride < max(model.min_side, model.stride):
-        raise StylizeInputError(
-            f"tile ({tile}, rounded down to a multiple of the model's stride {model.stride}) must be at least "
-            f"the model's minimum side ({max(model.min_side, model.stride)} px)"
-        )
-    if overlap is not None and tile is None:
-        raise StylizeInputError("an overlap needs a tile size")
-    if tile is not None and overlap is not None:
-        aligned = tile // model.stride * model.stride
-        if not 0 <= overlap <= aligned // 2:
-            raise StylizeInputError(
-                f"overlap ({overlap}) must be between 0 and half the tile ({aligned // 2}; "
-                f"the tile is rounded down to a multiple of the model's stride, {model.stride})"
-            )
-    started = time.perf_counter()
-    input_path = Path(input_path)
-    single = input_path.is_file()
-    pairs = output_paths(input_path, Path(output))
-    summary = StylizeSummary()
-    todo = []
-    for source, target in pairs:
-        if skip_existing and target.exists():
-            summary.skipped_existing.append(target)
-        else:
-            todo.append((source, target))
-    done = 0
-    total = len(todo)
-
-    def finish(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
-    def run_batch(batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
-        images = torch.stack([image for _, _, image in batch])
-        results = model(images)
-        for (_, target, _), result in zip(batch, results):
-            save_image(result, target)
-            summary.written.append(target)
-        finish(len(batch))
-
-    pending: list[tuple[Path, Path, torch.Tensor]] = []
-    for source, target in todo:
-        try:
-            image = load_image(source)
-        except ImageLoadError as error:
-            if single:
-                raise
-            summary.failed.append((source, str(error)))
-            if log is not None:
-                log(f"skipped {error}")
-            finish(1)
-            continue
-        height, width = image.shape[-2:]
-        if min(height, width) < model.min_side:
-            reason = f"{source}: {width}x{height} is smaller than the model's minimum side ({model.min_side} px)"
-            if single:
-                raise ImageLoadError(reason)
-            summary.failed.append((source, reason))
-            if log is not None:
-                log(f"skipped {reason}")
-            finish(1)
-            continue
-        if tile is not None or height * width > pixel_budget:
-            if pending:
-                run_batch(pending)
-                pending = []
-            tile_side = tile or DEFAULT_TILE
-            result = stylize_tiled(
-                model,
-                image,
-                tile=tile_side,
-                overlap=min(DEFAULT_OVERLAP, tile_side // 4) if overlap is None else overlap,
-                align=model.stride,
-                progress=tile_progress,
-            )
-            del image  # the input is no longer needed while the output is encoded
-            save_image(result, target)
-            summary.written.append(target)
-            summary.tiled += 1
-            finish(1)
-            continue
-        if pending and (pending[0][2].shape != image.shape or len(pending) >= batch_size):
-            run_batch(pending)
-            pending = []
-        pending.append((source, target, image))
-    if pending:
-        run_batch(pending)
-    summary.seconds = time.perf_counter() - started
-    return summary

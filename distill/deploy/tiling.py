@@ -178,7 +178,7 @@ def stylize_tiled(
 
     Args:
         model: maps (1, 3, h, w) float in [0, 1] to (1, 3, h, w) in [0, 1] for any tile
-            size it is given (students, or the callables of :mod:`distill.inference`).
+            size it is given (students, or the models of :mod:`distill.deploy.model_files`).
         image: (3, H, W) or (1, 3, H, W) float in [0, 1], on the CPU (the whole image
             stays in host memory; each tile is moved to the model's device by ``model``).
         tile: tile side in px, rounded down to a multiple of ``align``.

@@ -3,13 +3,14 @@
 Students learn from (content, teacher target) pairs. Producing a target costs minutes of
 L-BFGS per image, so targets are generated once, by many processes if need be, and kept
 in a store that survives ``kill -9``, reruns and config changes. This module is the store
-and its read API; :mod:`distill.targets` fills it.
+and its read API; :mod:`distill.targets.generation` fills it, :mod:`distill.targets.manifest`
+reads and writes the manifests and :mod:`distill.targets.pairs` serves the training pairs.
 
 On-disk layout (all paths below are relative to the store root, so a store can be moved)::
 
     store.json                                  format marker and version
     configs/<config_hash>.json                  one per teacher config: the TeacherConfig dict
-                                                (distill.config.to_dict), the style hashes, the
+                                                (distill.core.config.to_dict), the style hashes, the
                                                 style copies' file names, original names and PNG hashes
     styles/<style_hash>.png                     8-bit PNG copy of each style image (the teacher and
                                                 TargetStore.build_criterion both read this copy)
@@ -29,7 +30,7 @@ is keyed by (config hash, content hash): rerunning a config skips finished targe
 changed config (another style, size, weights, ...) makes new targets beside the old ones.
 
 Crash safety: every PNG is written to a temporary name and renamed into place
-(:func:`distill.fileio.atomic_path`); a manifest line is appended (write, flush, fsync) only
+(:func:`distill.core.files.atomic_path`); a manifest line is appended (write, flush, fsync) only
 after its target and content PNGs and its trace are in place, so "has a manifest line"
 means "finished".
 Each writer process appends to its own manifest file and never reopens another's, so
@@ -41,34 +42,31 @@ Temporary files (``.<name>.tmp.*``) are never read as targets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
-from distill.config import from_dict, to_dict
-from distill.criterion import StyleCriterion
-from distill.criterion import build_criterion as _build_criterion
-from distill.fileio import sha256_file, sha256_json, write_json_atomic
-from distill.imaging import ImageLoadError, load_image, resize_image, save_image
+from distill.core.config import from_dict, to_dict
+from distill.core.errors import BadImageError, StoreError
+from distill.core.files import sha256_file, sha256_json, write_json_atomic
+from distill.core.imageio import load_image, save_image
+from distill.objective.criterion import StyleCriterion, build_criterion
+from distill.targets.manifest import ManifestReader
 from teachers.gatys import TeacherConfig
 
 FORMAT_NAME = "distill-target-store"
 FORMAT_VERSION = 1
-#: Manifest record schema version (the ``"v"`` field of every line).
-RECORD_VERSION = 1
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-
-class StoreError(ValueError):
-    """The path is not a store, a config is unknown or ambiguous, or the store is inconsistent."""
-
+#: ``progress(label, done, total)``: entries of one config checked by :meth:`TargetStore.verify`.
+VerifyProgress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class TargetEntry:
@@ -193,7 +191,7 @@ class TargetStore:
         ``configs/<config_hash>.json`` if absent. Safe to call from several processes at
         once: every file is written atomically and has the same content in each process.
         Returns ``(store, config_hash)``. Raises :class:`StoreError` if ``root`` is a
-        non-empty folder that is not a store, and :class:`distill.imaging.ImageLoadError`
+        non-empty folder that is not a store, and :class:`distill.core.errors.BadImageError`
         for an unreadable style image (before anything is written).
         """
         root = Path(root)
@@ -204,7 +202,7 @@ class TargetStore:
         # Decode every style before writing anything, so a bad style leaves no trace.
         styles = []
         for path in style_paths:
-            image = load_image(path)  # ImageLoadError names the file and the reason
+            image = load_image(path)  # BadImageError names the file and the reason
             styles.append((path, sha256_file(path), image))
         if root.exists() and not (root / "store.json").exists():
             if not root.is_dir():
@@ -307,7 +305,7 @@ class TargetStore:
         for path in self.style_paths(config_hash):
             try:
                 images.append(load_image(path))
-            except ImageLoadError as exc:
+            except BadImageError as exc:
                 raise StoreError(f"style copy unreadable: {exc}") from None
         return images
 
@@ -326,7 +324,7 @@ class TargetStore:
         criterion_config = self.teacher_config(config_hash).criterion
         if weights is not None:
             criterion_config = dataclasses.replace(criterion_config, weights=weights)
-        return _build_criterion(criterion_config, self.style_images(config_hash), device=device)
+        return build_criterion(criterion_config, self.style_images(config_hash), device=device)
 
     # ------------------------------------------------------------------ entries
 
@@ -334,7 +332,8 @@ class TargetStore:
         """Finished entries of ``config_hash``, one per content (the latest record wins), sorted by content hash.
 
         ``traces=False`` leaves ``TargetEntry.trace`` empty instead of reading one small
-        file per entry (what :class:`TargetPairs` does). An entry whose files were deleted
+        file per entry (what :class:`distill.targets.pairs.TargetPairs` does). An entry whose files were
+        deleted
         afterwards is still listed (with an empty trace if that was lost); :meth:`verify` finds it.
         """
         return self._entries(self.resolve_config(config_hash), torn=None, traces=traces)
@@ -422,13 +421,12 @@ class TargetStore:
 
     # ------------------------------------------------------------------ verify
 
-    def verify(self, *, progress: bool = False) -> VerifyReport:
+    def verify(self, *, progress: VerifyProgress | None = None) -> VerifyReport:
         """Recompute the hashes of every config, style copy, target and content image.
 
         Reports files that are missing or whose bytes differ from what was recorded.
+        ``progress(label, done, total)`` is called after each entry of each config.
         """
-        from tqdm.auto import tqdm
-
         report = VerifyReport(root=self.root)
         checked: dict[Path, bool] = {}  # content images are shared between configs: hash each once
         hashes = self.config_hashes()
@@ -450,7 +448,7 @@ class TargetStore:
             entries = self._entries(config_hash, torn=torn, traces=False)
             report.torn_lines += torn[0]
             report.entries += len(entries)
-            for entry in tqdm(entries, desc=f"verify {config_hash[:8]}", unit="entry", disable=not progress):
+            for done, entry in enumerate(entries, start=1):
                 for what, path, digest in (
                     ("target", entry.target_path, entry.target_sha256),
                     ("content image", entry.content_image_path, entry.content_image_sha256),
@@ -459,88 +457,13 @@ class TargetStore:
                     problem = _check_file(path, digest, checked)
                     if problem:
                         report.problems.append(VerifyProblem(problem, what, path, entry.key))
+                if progress is not None:
+                    progress(f"verify {config_hash[:8]}", done, len(entries))
         for folder in ("styles", "contents", "targets", "traces", "configs"):
             base = self.root / folder
             if base.is_dir():
                 report.temp_files.extend(sorted(p for p in base.rglob(".*.tmp.*") if p.is_file()))
         return report
-
-
-class TargetPairs(torch.utils.data.Dataset):
-    """(content, teacher target) pairs of one config, for training and evaluating students.
-
-    ``split``: ``"train"``, ``"heldout"`` or ``"all"``. A content is held out iff
-    ``int(sha256(content_hash)[:8], 16) / 2**32 < heldout_fraction`` (sha256 of the hex
-    string), so the split is stable across runs, machines and configs (the same photo is
-    held out for every style). If that holds out nothing while there are at least two
-    entries, the entry with the smallest value is held out. ``size``: ``None`` returns the
-    images as stored (teacher size); an int resizes both so the long side is ``size``.
-
-    ``dataset[i]`` is ``{"content": (3, H, W), "target": (3, H, W), "key": str}``, floats in [0, 1].
-    """
-
-    SPLITS = ("train", "heldout", "all")
-
-    def __init__(
-        self,
-        store: TargetStore,
-        *,
-        split: str = "train",
-        size: int | None = None,
-        config_hash: str | None = None,
-        heldout_fraction: float = 0.1,
-    ) -> None:
-        if split not in self.SPLITS:
-            raise ValueError(f"split must be one of {self.SPLITS}, got {split!r}")
-        if not 0.0 <= heldout_fraction <= 1.0:
-            raise ValueError(f"heldout_fraction must lie in [0, 1], got {heldout_fraction}")
-        if size is not None and size < 1:
-            raise ValueError(f"size must be a positive int or None, got {size}")
-        self.store = store
-        self.split = split
-        self.size = size
-        self.config_hash = store.resolve_config(config_hash)
-        self.heldout_fraction = heldout_fraction
-        all_entries = store.entries(self.config_hash, traces=False)
-        heldout = heldout_keys(all_entries, heldout_fraction)
-        if split == "all":
-            self.entries = all_entries
-        else:
-            want = split == "heldout"
-            self.entries = [e for e in all_entries if (e.key in heldout) == want]
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def entry(self, i: int) -> TargetEntry:
-        return self.entries[i]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        entry = self.entries[i]
-        content = load_image(entry.content_image_path)
-        target = load_image(entry.target_path)
-        if content.shape != target.shape:
-            raise StoreError(
-                f"{entry.key}: content image {tuple(content.shape)} and target {tuple(target.shape)} differ in shape"
-            )
-        if self.size is not None:
-            # One call on the stacked pair: both get exactly the same resize.
-            content, target = resize_image(torch.stack([content, target]), long_side=self.size).unbind(0)
-        return {"content": content, "target": target, "key": entry.key}
-
-
-def split_value(content_hash: str) -> float:
-    """The content's position in [0, 1) for the held-out split (see :class:`TargetPairs`)."""
-    return int(hashlib.sha256(content_hash.encode("ascii")).hexdigest()[:8], 16) / 2**32
-
-
-def heldout_keys(entries: Iterable[TargetEntry], heldout_fraction: float) -> set[str]:
-    """Keys of the held-out entries (see :class:`TargetPairs`)."""
-    entries = list(entries)
-    keys = {e.key for e in entries if split_value(e.content_hash) < heldout_fraction}
-    if not keys and len(entries) >= 2 and heldout_fraction > 0:
-        keys = {min(entries, key=lambda e: (split_value(e.content_hash), e.content_hash)).key}
-    return keys
 
 
 def compute_config_hash(teacher_config: TeacherConfig, style_hashes: Iterable[str]) -> str:
@@ -550,81 +473,6 @@ def compute_config_hash(teacher_config: TeacherConfig, style_hashes: Iterable[st
 
 def entry_key(config_hash: str, content_hash: str) -> str:
     return f"{config_hash[:16]}/{content_hash[:16]}"
-
-
-class ManifestReader:
-    """Reads the JSON-lines manifests of one config, incrementally.
-
-    Only complete lines (ending in a newline) are consumed, so a line a live writer is
-    still appending is picked up by a later :meth:`read_new`. A complete line that does not
-    parse, and a final line without its newline in the file of a dead writer, are counted
-    in ``torn_lines`` and ignored.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._offsets: dict[Path, int] = {}
-        self.torn_lines = 0
-
-    def read_new(self) -> list[dict[str, Any]]:
-        """Records appended since the last call (all records on the first call)."""
-        records: list[dict[str, Any]] = []
-        if not self.folder.is_dir():
-            return records
-        self.torn_lines = 0
-        for path in sorted(self.folder.glob("*.jsonl")):
-            offset = self._offsets.get(path, 0)
-            try:
-                with open(path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read()
-            except OSError:
-                continue
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                # An unterminated tail: a live writer mid-line, or a writer killed mid-line.
-                self.torn_lines += 1
-            for raw in data[:end].splitlines():
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    self.torn_lines += 1
-                    continue
-                if isinstance(record, dict) and "key" in record:
-                    records.append(record)
-                else:
-                    self.torn_lines += 1
-            self._offsets[path] = offset + end
-        return records
-
-
-class ManifestWriter:
-    """Appends records to this process's own manifest file (created on the first append).
-
-    Each line is written, flushed and fsynced before :meth:`append` returns.
-    """
-
-    def __init__(self, folder: Path, *, writer_name: str) -> None:
-        self.path = folder / f"{writer_name}.jsonl"
-        self._handle = None
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # "x": a fresh name per process; never append to another writer's file.
-            self._handle = open(self.path, "x", encoding="utf-8")
-            _fsync_dir(self.path.parent)
-        self._handle.write(line)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 def _check_file(path: Path, digest: str, cache: dict[Path, bool]) -> str | None:
@@ -639,19 +487,6 @@ def _check_file(path: Path, digest: str, cache: dict[Path, bool]) -> str | None:
         except OSError:
             cache[path] = False
     return None if cache[path] else "corrupt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def describe_config(config: TeacherConfig) -> str:
