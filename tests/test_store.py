@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import teachers.gatys
+from distill.core.files import sha256_file
 from distill.objective.criterion import build_criterion
 from distill.core.imageio import load_image
 from distill.core.errors import StoreError
@@ -295,8 +296,6 @@ def test_target_locked_by_another_writer_is_left_to_it(tmp_path, style):
     config = GENERATE.teacher_config_from_args(GENERATE.build_parser().parse_args(["--out", str(out), *FAST]))
     kwargs = dict(content_dir=tmp_path / "c", style_paths=[style], store_root=out, teacher_config=config)
     store, config_hash = TargetStore.open_or_create(out, teacher_config=config, style_paths=[style])
-    from distill.core.files import sha256_file
-
     locked = sha256_file(tmp_path / "c" / "img0.png")
     other = _KeyLocks(out / "locks" / config_hash)  # flock conflicts between open files even in one process
     assert other.acquire(locked)
@@ -363,3 +362,35 @@ def test_not_a_store(tmp_path, style):
     (tmp_path / "y" / ".store.json.tmp.abc.json").write_text("{")
     store, config_hash = TargetStore.open_or_create(tmp_path / "y", teacher_config=TeacherConfig(), style_paths=[style])
     assert store.config_hashes() == [config_hash] and store.entries() == []
+
+
+def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, style):
+    from distill.core.files import sha256_json
+    from distill.core.config import to_dict
+    from distill.targets.store import compute_config_hash
+
+    def store_with(weights: Path, name: str) -> tuple[TargetStore, str]:
+        config = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights=str(weights)))
+        return TargetStore.open_or_create(tmp_path / name, teacher_config=config, style_paths=[style])
+
+    first = tmp_path / "weights.safetensors"
+    first.write_bytes(b"the teacher's weights")
+    _, original = store_with(first, "a")
+    moved = first.rename(tmp_path / "elsewhere.safetensors")
+    store, same = store_with(moved, "b")
+    assert same == original  # moved or renamed: the same targets
+    assert store.config_record()["weights_sha256"] == sha256_file(moved)
+    moved.write_bytes(b"other weights")
+    _, changed = store_with(moved, "c")
+    assert changed != original  # other content: other targets
+    with pytest.raises(StoreError, match="other loss-network weights than the teacher used"):
+        store.build_criterion()
+    # "pretrained" and "random" stores keep the plain formula, and so do older stores of a weights file.
+    plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random"))
+    style_hash = sha256_file(style)
+    assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": to_dict(plain), "styles": [style_hash]})
+    record = json.loads((store.root / "configs" / f"{same}.json").read_text())
+    del record["weights_sha256"]
+    legacy = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
+    (store.root / "configs" / f"{legacy}.json").write_text(json.dumps({**record, "config_hash": legacy}))
+    assert TargetStore(store.root).config_record(legacy)["teacher"]["criterion"]["weights"] == str(moved)

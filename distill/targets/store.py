@@ -11,7 +11,8 @@ On-disk layout (all paths below are relative to the store root, so a store can b
     store.json                                  format marker and version
     configs/<config_hash>.json                  one per teacher config: the TeacherConfig dict
                                                 (distill.core.config.to_dict), the style hashes, the
-                                                style copies' file names, original names and PNG hashes
+                                                style copies' file names, original names and PNG hashes,
+                                                and the SHA-256 of a loss-network weights file
     styles/<style_hash>.png                     8-bit PNG copy of each style image (the teacher and
                                                 TargetStore.build_criterion both read this copy)
     contents/<content_hash>_<size>.png          8-bit PNG of the exact content tensor the teacher
@@ -25,9 +26,12 @@ On-disk layout (all paths below are relative to the store root, so a store can b
                                                 two overlapping writers off the same target
 
 Hashes: ``content_hash`` and ``style_hash`` are the SHA-256 of the original file bytes;
-``config_hash = sha256_json({"teacher": to_dict(config), "styles": style_hashes})``. A target
-is keyed by (config hash, content hash): rerunning a config skips finished targets, a
-changed config (another style, size, weights, ...) makes new targets beside the old ones.
+``config_hash = sha256_json({"teacher": to_dict(config), "styles": style_hashes})``, where a
+loss-network weights *file* is replaced by ``"sha256:<its SHA-256>"``: the key follows the
+weights' content, not where the file lies (stores of "pretrained" and "random" weights, and
+stores written before weights files were hashed, keep the plain formula). A target is keyed
+by (config hash, content hash): rerunning a config skips finished targets, a changed config
+(another style, size, weights, ...) makes new targets beside the old ones.
 
 Crash safety: every PNG is written to a temporary name and renamed into place
 (:func:`distill.core.files.atomic_path`); a manifest line is appended (write, flush, fsync) only
@@ -57,6 +61,7 @@ from distill.core.errors import BadImageError, StoreError
 from distill.core.files import sha256_file, sha256_json, write_json_atomic
 from distill.core.imageio import load_image, save_image
 from distill.objective.criterion import StyleCriterion, build_criterion
+from distill.objective.lossnet import weights_file
 from distill.targets.manifest import ManifestReader
 from teachers.gatys import TeacherConfig
 
@@ -75,7 +80,7 @@ class TargetEntry:
     key: str  # f"{config_hash[:16]}/{content_hash[:16]}", unique within a store
     content_path: str  # the original content file as given to the generator (for humans)
     content_hash: str  # sha256 of the original content file bytes
-    config_hash: str  # sha256_json({"teacher": to_dict(config), "styles": style_hashes})
+    config_hash: str  # see compute_config_hash
     style_hashes: tuple[str, ...]
     content_image_path: Path  # absolute: 8-bit PNG of the exact content tensor the teacher started from
     target_path: Path  # absolute: 8-bit PNG of the teacher's result, same (H, W) as the content image
@@ -229,18 +234,20 @@ class TargetStore:
                 }
             )
         style_hashes = [record["hash"] for record in style_records]
-        config_hash = compute_config_hash(teacher_config, style_hashes)
+        weights = weights_file(teacher_config.criterion.weights)
+        weights_sha256 = None if weights is None else sha256_file(weights)
+        config_hash = compute_config_hash(teacher_config, style_hashes, weights_sha256=weights_sha256)
         config_file = store.root / "configs" / f"{config_hash}.json"
         if not config_file.exists():
-            write_json_atomic(
-                config_file,
-                {
-                    "config_hash": config_hash,
-                    "teacher": to_dict(teacher_config),
-                    "styles": style_hashes,
-                    "style_files": style_records,
-                },
-            )
+            record = {
+                "config_hash": config_hash,
+                "teacher": to_dict(teacher_config),
+                "styles": style_hashes,
+                "style_files": style_records,
+            }
+            if weights_sha256 is not None:
+                record["weights_sha256"] = weights_sha256
+            write_json_atomic(config_file, record)
         return store, config_hash
 
     # ------------------------------------------------------------------ configs
@@ -282,7 +289,7 @@ class TargetStore:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: unreadable config record ({exc})") from None
-            recomputed = sha256_json({"teacher": record.get("teacher"), "styles": record.get("styles")})
+            recomputed = _config_hash(record.get("teacher"), record.get("styles"), record.get("weights_sha256"))
             if recomputed != config_hash:
                 raise StoreError(f"{path}: content does not match its hash (edited by hand?)")
             self._configs[config_hash] = record
@@ -319,12 +326,32 @@ class TargetStore:
         """Exactly the teacher's criterion for ``config_hash``.
 
         ``weights`` replaces the loss-network weights source only when given, e.g. a local
-        weights file standing in for ``"pretrained"`` on an offline machine.
+        weights file standing in for ``"pretrained"`` on an offline machine. Otherwise a
+        weights file must still hold what the teacher used (:class:`StoreError` if not).
         """
         criterion_config = self.teacher_config(config_hash).criterion
         if weights is not None:
             criterion_config = dataclasses.replace(criterion_config, weights=weights)
+        else:
+            self._check_weights_file(config_hash)
         return build_criterion(criterion_config, self.style_images(config_hash), device=device)
+
+    def _check_weights_file(self, config_hash: str | None) -> None:
+        record = self.config_record(config_hash)
+        recorded = record.get("weights_sha256")
+        path = weights_file(record["teacher"]["criterion"]["weights"])
+        if recorded is None or path is None:
+            return  # no file, or a store written before weights files were hashed
+        if not path.is_file():
+            raise StoreError(
+                f"{path}: the teacher's loss-network weights file no longer exists; restore it, or pass the "
+                "weights to use instead (--weights / --loss-weights)"
+            )
+        if sha256_file(path) != recorded:
+            raise StoreError(
+                f"{path}: holds other loss-network weights than the teacher used (sha256 {recorded[:16]}...); "
+                "restore the teacher's file, or pass the weights to use anyway (--weights / --loss-weights)"
+            )
 
     # ------------------------------------------------------------------ entries
 
@@ -466,9 +493,22 @@ class TargetStore:
         return report
 
 
-def compute_config_hash(teacher_config: TeacherConfig, style_hashes: Iterable[str]) -> str:
-    """``sha256_json({"teacher": to_dict(config), "styles": [style hashes in blend order]})``."""
-    return sha256_json({"teacher": to_dict(teacher_config), "styles": list(style_hashes)})
+def compute_config_hash(
+    teacher_config: TeacherConfig, style_hashes: Iterable[str], *, weights_sha256: str | None = None
+) -> str:
+    """``sha256_json({"teacher": to_dict(config), "styles": [style hashes in blend order]})``.
+
+    ``weights_sha256``: the SHA-256 of the loss-network weights file, when the criterion
+    reads one; it stands in the hashed dict for the file's path, so that moving or
+    renaming the file keeps the key and changing its content makes a new one.
+    """
+    return _config_hash(to_dict(teacher_config), list(style_hashes), weights_sha256)
+
+
+def _config_hash(teacher: dict[str, Any] | None, styles: list[str] | None, weights_sha256: str | None) -> str:
+    if weights_sha256 is not None and teacher is not None:
+        teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
+    return sha256_json({"teacher": teacher, "styles": styles})
 
 
 def entry_key(config_hash: str, content_hash: str) -> str:
