@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.core.errors import UnavailableError
 from distill.core.imageio import load_image, resize_image, save_image
 
 #: (name, package, file) of photographs shipped inside installed packages.
@@ -60,7 +61,7 @@ def write_sample_contents(
     """
     photos = list(sample_photo_paths().items())[:count]
     if not photos:
-        raise RuntimeError("no sample photographs found: scikit-image and matplotlib ship them; is either installed?")
+        raise UnavailableError("no sample photographs found: scikit-image and matplotlib ship them; is either installed?")
     written = []
     for name, path in photos:
         image = load_image(path)
