@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run ``argv[0]`` (default: the process's arguments) with the rest of ``argv`` as its options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(__doc__.strip(), file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
     command, options = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -402,7 +402,7 @@ def _write_onnx(
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
-    proto.producer_name = "distill.export"
+    proto.producer_name = "distill.export"  # the name every earlier export carries; kept across module moves
     # One self-contained file (weights inline): external-data files would not follow a rename.
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return exporter, fallback_reason
