@@ -218,6 +218,44 @@ def test_function_local_imports_are_for_optional_dependencies():
     assert not local, "function-local imports of required modules (import them at the top):\n" + "\n".join(local)
 
 
+#: Calls that end the process, print, or change what the whole process shares (thread counts,
+#: global RNG seeds, warning filters, stdout): only the command line may make them.
+PROCESS_WIDE_CALLS = {
+    "print", "sys.exit", "os.umask", "torch.set_num_threads", "torch.manual_seed", "random.seed", "np.random.seed",
+    "torch.cuda.set_device", "warnings.simplefilter", "warnings.filterwarnings", "warnings.catch_warnings",
+    "contextlib.redirect_stdout", "contextlib.redirect_stderr",
+}
+#: Process-wide settings that only the command line may assign.
+PROCESS_WIDE_SETTINGS = ("torch.backends.", "Image.MAX_IMAGE_PIXELS", "warnings.showwarning", "sys.stdout", "sys.stderr")
+#: The one kept exception, with its reason at the call: timm.create_model takes no generator,
+#: so random loss-network weights are seeded inside torch.random.fork_rng (restored on exit).
+SEEDED_UNDER_FORK_RNG = ("distill.objective.lossnet", "torch.manual_seed")
+
+
+def test_the_library_leaves_the_process_alone():
+    found = []
+    for module, path in MODULES.items():
+        if _layer(module) == "distill.cli" or module == PENDING_TRAIN_SPLIT:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in PROCESS_WIDE_CALLS:
+                if (module, ast.unparse(node.func)) != SEEDED_UNDER_FORK_RNG:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node.func)}(...)")
+            elif isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(target)} = ..."
+                    for target in targets
+                    if any(ast.unparse(target).startswith(setting) for setting in PROCESS_WIDE_SETTINGS)
+                ]
+            elif isinstance(node, ast.Raise) and node.exc is not None and "SystemExit" in ast.unparse(node.exc):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: raise SystemExit")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and "tqdm" in ast.unparse(node):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: console progress bar (tqdm)")
+    assert not found, "process-wide effects in the library (they belong in distill/cli/):\n" + "\n".join(found)
+
+
 @pytest.mark.parametrize("command", ["teacher", "targets", "train", "compare", "export", "stylize"])
 def test_console_entry_runs_every_command(command, capsys):
     from distill.cli.__main__ import COMMANDS, main
