@@ -53,8 +53,9 @@ from torch import nn
 from distill.core.config import from_dict, load_yaml, replace, to_dict
 from distill.core.files import atomic_path, write_text_atomic
 from distill.core.imageio import resize_image
+from distill.objective.terms import structural_dissimilarity
 
-DISTILL_KINDS = ("pixel_l1", "pixel_l2", "feature")
+DISTILL_KINDS = ("pixel_l1", "pixel_l2", "ssim", "feature")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
 STATE_FORMAT = 1
@@ -93,7 +94,7 @@ class TrainConfig:
     student_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options, stored in the checkpoint
     unfreeze_step: int | None = None  # timm_encoder: the (frozen at start) encoder trains from this step on; None = never
     # objective
-    distill_kind: tuple[str, ...] = ("feature",)  # pull towards the teacher image: pixel_l1, pixel_l2 and/or feature (content-layer MSE)
+    distill_kind: tuple[str, ...] = ("feature",)  # pull towards the teacher image: pixel_l1, pixel_l2, ssim (1 - SSIM) and/or feature (content-layer MSE)
     distill_weight: float = 1.0  # 0 = pure Johnson-style training on the criterion alone
     loss_weights: str | None = None  # override the loss network weights (pretrained/random/path); None = the teacher's
     # optimisation
@@ -343,11 +344,14 @@ def distill_terms(
 
     ``output``, ``target``: (B, 3, H, W) in [0, 1]. Images are compared as the criterion
     sees them (``criterion.measured``: luminance in colour-preserving mode).
+    ``ssim`` is ``1 - SSIM`` (:func:`distill.objective.terms.structural_dissimilarity`).
     ``feature`` is the criterion's content distance (:meth:`StyleCriterion.content_distance`)
     between the two images' features at its content layers; pass precomputed
     ``output_features`` / ``target_features`` to save passes.
     """
     terms: dict[str, torch.Tensor] = {}
+    if "ssim" in kinds:
+        terms["ssim"] = structural_dissimilarity(criterion.measured(output), criterion.measured(target))
     if "pixel_l1" in kinds or "pixel_l2" in kinds:
         diff = criterion.measured(output.float()) - criterion.measured(target.float())
         if "pixel_l1" in kinds:

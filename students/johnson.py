@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvInstanceNormReLU, UpsampleConvInstanceNormReLU, reflect_conv
+from .layers import ConvInstanceNormReLU, UpsampleConvInstanceNormReLU, reflect_conv, sigmoid_output, zero_init_
 from .padding import crop_to_size, reflect_pad_to_multiple
 from .registry import register_student
 
@@ -50,8 +50,9 @@ class JohnsonNet(nn.Module):
     stride = 4
     min_side = 5  # smallest side whose stride-4 features still allow reflection padding
 
-    def __init__(self, *, num_residual_blocks: int = 5):
+    def __init__(self, *, num_residual_blocks: int = 5, input_skip: bool = False):
         super().__init__()
+        self.input_skip = input_skip
         self.stem = ConvInstanceNormReLU(3, 32, kernel_size=9)
         self.down_to_half = ConvInstanceNormReLU(32, 64, kernel_size=3, stride=2)
         self.down_to_quarter = ConvInstanceNormReLU(64, 128, kernel_size=3, stride=2)
@@ -61,6 +62,8 @@ class JohnsonNet(nn.Module):
         self.up_to_half = UpsampleConvInstanceNormReLU(128, 64, kernel_size=3)
         self.up_to_full = UpsampleConvInstanceNormReLU(64, 32, kernel_size=3)
         self.to_rgb = reflect_conv(32, 3, kernel_size=9)
+        if input_skip:
+            zero_init_(self.to_rgb)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
@@ -70,14 +73,16 @@ class JohnsonNet(nn.Module):
         quarter = self.residual_blocks(self.down_to_quarter(half))
         features = self.up_to_half(quarter, size=half.shape[-2:])
         features = self.up_to_full(features, size=padded.shape[-2:])
-        logits = self.to_rgb(features)
-        return crop_to_size(torch.sigmoid(logits), height=height, width=width)
+        output = sigmoid_output(self.to_rgb(features), padded if self.input_skip else None)
+        return crop_to_size(output, height=height, width=width)
 
 
 @register_student
-def johnson(*, num_residual_blocks: int = 5) -> JohnsonNet:
+def johnson(*, num_residual_blocks: int = 5, input_skip: bool = False) -> JohnsonNet:
     """Johnson et al. 2016 reference student (1.68 M parameters with 5 residual blocks).
 
+    ``input_skip``: predict the change to the input (in logit space) instead of the
+    output itself, starting from the identity (see :func:`students.layers.sigmoid_output`).
     Input (B, 3, H, W) in [0, 1] with H, W >= 5; output the same shape in [0, 1].
     """
-    return JohnsonNet(num_residual_blocks=num_residual_blocks)
+    return JohnsonNet(num_residual_blocks=num_residual_blocks, input_skip=input_skip)

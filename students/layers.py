@@ -57,3 +57,27 @@ class UpsampleConvInstanceNormReLU(nn.Module):
     def forward(self, features: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
         """(B, C_in, h, w) -> (B, C_out, *size)."""
         return self.conv(F.interpolate(features, size=size, mode="nearest"))
+
+
+def sigmoid_output(logits: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+    """The students' output in [0, 1]: ``sigmoid(logits)``, or with an input skip
+    ``sigmoid(logits + logit(images))``, so that zero logits return the input itself.
+
+    The skip makes "keep the photo, change what the style changes" the easy function to
+    learn: a teacher that keeps most of a photo's structure is a small residual away from
+    its input, which a student trained on tens of photos finds far sooner than a mapping
+    from scratch. ``logit`` is written with logs (exporters know those) and the input is
+    clamped away from 0 and 1, where it is infinite.
+    """
+    if images is not None:
+        clamped = images.clamp(1e-3, 1 - 1e-3)
+        logits = logits + torch.log(clamped) - torch.log1p(-clamped)
+    return torch.sigmoid(logits)
+
+
+def zero_init_(conv: nn.Conv2d) -> None:
+    """Zero weights and bias: with an input skip, the student starts as the identity."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()

@@ -40,7 +40,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("cosine", "constant"))
     p.add_argument("--grad-clip", type=float, help="max global gradient norm; 0 = off")
     p.add_argument("--distill-weight", type=float, help="0 = pure Johnson-style training on the criterion")
-    p.add_argument("--distill-kind", help="comma-separated: pixel_l1, pixel_l2, feature")
+    p.add_argument("--distill-kind", help="comma-separated: pixel_l1, pixel_l2, ssim, feature")
     p.add_argument("--crop-size", type=int)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
