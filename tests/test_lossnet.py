@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
+from distill.core.devices import isolated_rng
 from distill.objective.lossnet import (
     DEFAULT_LAYERS,
     WeightsFileError,
@@ -62,6 +66,29 @@ def test_random_weights_are_seeded_and_labelled():
     assert torch.equal(a(image)["relu1_1"], b(image)["relu1_1"])
     assert not torch.equal(a(image)["relu1_1"], c(image)["relu1_1"])
     assert a.is_random and "random" in a.weights_description
+
+
+def test_seeding_inside_isolated_rng_leaves_the_callers_random_state_alone():
+    def draws():
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    def seed_all(seed):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+
+    seed_all(1)
+    expected_outside = draws()
+    seed_all(7)
+    expected_inside = draws()
+    seed_all(1)
+    with isolated_rng(7):
+        inside = draws()
+    assert inside == expected_inside
+    assert draws() == expected_outside
+    seed_all(1)
+    build_loss_network("vgg19", weights="random")  # seeds timm's initialisation the same way
+    assert draws() == expected_outside
 
 
 def test_weights_file_round_trips(tmp_path):

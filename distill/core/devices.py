@@ -1,7 +1,12 @@
-"""Which device computes, and waiting for it: one rule for every command and library call."""
+"""Which device computes, waiting for it, and random state that stays local: one rule for every command and library call."""
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 
 from distill.core.errors import DeviceError
@@ -31,3 +36,27 @@ def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (CUDA runs asynchronously), so wall-clock timings are true."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int | None = None) -> Iterator[None]:
+    """Run a block on its own random state, restored on exit: Python's, numpy's and torch's (CPU and every CUDA device).
+
+    With ``seed``, all three generators are seeded inside (as ``random.seed``,
+    ``np.random.seed`` and ``torch.manual_seed`` would), so code that draws from the global
+    generators (model initialisation, libraries that take no generator) is reproducible
+    without changing the caller's random state.
+    """
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            if seed is not None:
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from distill.core.devices import isolated_rng
 from distill.core.errors import ConfigError, UnavailableError, one_line
 from distill.core.files import atomic_path
 
@@ -296,8 +297,7 @@ def _create_backbone(backbone: str, *, weights: str, seed: int) -> tuple[nn.Modu
         return model.eval(), f"pretrained ({name})", None
     if weights == "random":
         # timm.create_model takes no generator: seed the global RNG for this call only (restored on exit).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with isolated_rng(seed):
             model = _create_untrained(backbone, seed=seed)
         return model.eval(), f"random (seed {seed}) - NOT pretrained: a texture model, not learned features", None
     path = weights_file(weights)
