@@ -34,6 +34,8 @@ FORMAT_VERSION = "1"
 FORMAT_KEY = "distill.format"
 STUDENT_KEY = "distill.student"
 EXTRA_KEY = "distill.extra"
+#: The folder of a training run that holds its checkpoints (``best``, ``last``).
+RUN_CHECKPOINTS = "checkpoints"
 
 
 class StudentCheckpointError(ModelFileError):
@@ -83,6 +85,14 @@ def save_student(
     with atomic_path(path) as temp:
         save_file(state, str(temp), metadata=metadata)
     return path
+
+
+def run_checkpoint(run_dir: str | os.PathLike[str], name: str) -> Path:
+    """The checkpoint ``name`` (``"best"`` or ``"last"``) of a training run: RUN_DIR/checkpoints/NAME.safetensors.
+
+    One layout for the trainer that writes these files and the tools that read them.
+    """
+    return Path(run_dir) / RUN_CHECKPOINTS / f"{name}.safetensors"
 
 
 def read_student_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from distill.core.config import check_fields
 from distill.core.errors import ConfigError
 from distill.targets.pairs import TargetPairs
+from students.checkpoint import run_checkpoint
 
 REPORT_FORMAT = "distill-fidelity-report"
 REPORT_VERSION = 1
@@ -75,10 +76,10 @@ def resolve_checkpoint(run_dir: str | Path | None, checkpoint: str) -> Path:
         run = Path(run_dir)
         if not run.is_dir():
             raise FidelityInputError(f"{run}: no such run folder")
-        path = run / "checkpoints" / f"{checkpoint}.safetensors"
+        path = run_checkpoint(run, checkpoint)
         if not path.is_file():
             other = "last" if checkpoint == "best" else "best"
-            hint = f"; {other}.safetensors exists: pass --checkpoint {other}" if (path.parent / f"{other}.safetensors").is_file() else ""
+            hint = f"; {other}.safetensors exists: pass --checkpoint {other}" if run_checkpoint(run, other).is_file() else ""
             raise FidelityInputError(f"{path}: no such checkpoint (has the run saved one yet?){hint}")
         return path
     path = Path(checkpoint)
