@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_teacher import machine_description  # noqa: E402
 
+from distill.cli.console import ProgressBar, write_line  # noqa: E402
 from distill.core.devices import resolve_device  # noqa: E402
 from distill.objective.config import CriterionConfig  # noqa: E402
 from distill.report.options import FidelityOptions  # noqa: E402
@@ -41,7 +42,8 @@ from distill.report.speed import time_student  # noqa: E402
 from distill.core.imageio import list_images, load_image, resize_image, save_image  # noqa: E402
 from distill.samples import sample_photo_paths  # noqa: E402
 from distill.targets.generation import generate_targets  # noqa: E402
-from distill.train import resolve_config, train  # noqa: E402
+from distill.train.config import resolve_config  # noqa: E402
+from distill.train.loop import train  # noqa: E402
 from students import load_student  # noqa: E402
 from teachers.gatys import TeacherConfig  # noqa: E402
 
@@ -158,7 +160,9 @@ def run_training(run_dir: Path, settings: dict) -> float:
     resume = (run_dir / "checkpoints" / "last_state.pt").exists()
     config = resolve_config(overrides={**settings, "heldout_fraction": 0.15}, run_dir=run_dir, resume=resume)
     started = time.perf_counter()
-    result = train(config, run_dir=run_dir, resume=resume, progress=True)
+    with ProgressBar(desc="train", unit="step") as bar:
+        result = train(config, run_dir=run_dir, resume=resume, log=lambda line: write_line(line, file=sys.stdout),
+                       progress=bar.update_to)
     spent += (time.perf_counter() - started) / 60
     run_dir.mkdir(parents=True, exist_ok=True)
     timing.write_text(json.dumps({"minutes": spent, "step": result.step}))

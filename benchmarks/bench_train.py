@@ -2,7 +2,7 @@
 """Images/s of the full student training step: student forward, the teacher's criterion
 (content + Gram style + TV) plus the distillation term, backward, Adam step.
 
-It runs exactly the functions the trainer runs (distill.train.forward_objective and
+It runs exactly the functions the trainer runs (distill.train.objective.forward_objective and
 backward_step) on synthetic content/target batches, with a VGG-19 loss network with
 random weights (the cost does not depend on the weights; no download needed).
 
@@ -43,7 +43,8 @@ def _load_average() -> str:
 
 def bench_one(student_name: str, size: int, *, args: argparse.Namespace, criterion, device: torch.device) -> dict:
     import students
-    from distill.train import TrainConfig, backward_step, forward_objective
+    from distill.train.config import TrainConfig
+    from distill.train.objective import backward_step, forward_objective
 
     config = TrainConfig(
         student=student_name, batch_size=args.batch_size, crop_size=size, precision=args.precision,

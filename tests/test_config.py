@@ -9,7 +9,7 @@ from distill.core.config import from_dict, to_dict, yaml_value
 from distill.core.errors import ConfigError
 from distill.objective.config import CriterionConfig
 from distill.report.options import FidelityOptions
-from distill.train import TrainConfig, resolve_config
+from distill.train.config import TrainConfig, resolve_config
 from teachers.gatys import TeacherConfig
 
 

@@ -38,9 +38,6 @@ OPTIONAL_IMPORTS = {
     ("distill.samples", "skimage"),  # sample photos: skipped when scikit-image is absent
     ("distill.samples", "matplotlib"),  # sample photos: skipped when matplotlib is absent
 }
-#: distill/train.py is split into a package (config, data, run files, distributed set-up,
-#: the loop) in a later step; until then its long loop and its local imports are known.
-PENDING_TRAIN_SPLIT = "distill.train"
 
 
 def _modules() -> dict[str, Path]:
@@ -195,7 +192,7 @@ def test_functions_are_short_or_say_why():
     long = []
     for module, path, lines, node in _functions():
         length = node.end_lineno - node.lineno + 1
-        if length > MAX_FUNCTION_LINES and LONG_MARK not in lines[node.lineno - 1] and module != PENDING_TRAIN_SPLIT:
+        if length > MAX_FUNCTION_LINES and LONG_MARK not in lines[node.lineno - 1]:
             long.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name} has {length} lines")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines without a '{LONG_MARK} <reason>' comment:\n" + "\n".join(long)
 
@@ -203,8 +200,6 @@ def test_functions_are_short_or_say_why():
 def test_function_local_imports_are_for_optional_dependencies():
     local = []
     for module, path, _, node in _functions():
-        if module == PENDING_TRAIN_SPLIT:
-            continue
         for inner in ast.walk(node):
             if isinstance(inner, ast.Import):
                 names = [alias.name for alias in inner.names]
@@ -240,7 +235,7 @@ SEEDED_UNDER_FORK_RNG = {
 def test_the_library_leaves_the_process_alone():
     found = []
     for module, path in MODULES.items():
-        if _layer(module) == "distill.cli" or module == PENDING_TRAIN_SPLIT:
+        if _layer(module) == "distill.cli":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):

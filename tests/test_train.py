@@ -1,4 +1,4 @@
-"""Student training (distill/train.py, scripts/train_student.py): CPU, random weights, 32 px.
+"""Student training (distill/train/, scripts/train_student.py): CPU, random weights, 32 px.
 
 The store is a real target store made by ``distill.targets.generate_targets``. In-process
 runs share one criterion (``SharedCriterionStore``: VGG-19's random init alone costs
@@ -20,26 +20,19 @@ import pytest
 import torch
 from PIL import Image
 
-import distill.train as train_module
+import distill.train.loop as loop_module
 from distill.core.color import rgb_to_yiq, yiq_to_rgb
 from distill.core.config import from_dict, replace, to_dict
 from distill.objective.config import CriterionConfig
+from distill.objective.terms import distill_terms
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
 from distill.targets.generation import generate_targets
-from distill.train import (
-    NonFiniteLossError,
-    StepBatchSampler,
-    TrainConfig,
-    compute_objective,
-    distill_terms,
-    evaluate,
-    global_batch,
-    lr_at,
-    random_crop_pair,
-    resolve_config,
-    train,
-)
+from distill.train.config import TrainConfig, lr_at, resolve_config
+from distill.train.data import StepBatchSampler, global_batch, random_crop_pair
+from distill.train.evaluate import evaluate
+from distill.train.loop import NonFiniteLossError, train
+from distill.train.objective import compute_objective
 from students import create_student, list_students, load_student, read_student_metadata
 from teachers.gatys import TeacherConfig
 
@@ -265,8 +258,25 @@ def test_resume_continues_exactly(store, store_root, tmp_path):
     assert resumed.best == straight.best
 
 
+def _nonfinite_style_at_call(monkeypatch, call: int) -> None:
+    """Make the style term (and so the objective) +inf in the loop's ``call``-th forward pass."""
+    calls = []
+    original = loop_module.forward_objective
+
+    def poisoned(*args, **kwargs):
+        objective, terms = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == call:
+            terms["style"] = terms["style"] + float("inf")
+            objective = objective + terms["style"]
+        return objective, terms
+
+    monkeypatch.setattr(loop_module, "forward_objective", poisoned)
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(store, store_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "_open_store", lambda path: store)
+    monkeypatch.setattr(loop_module, "open_store", lambda path: store)
+    _nonfinite_style_at_call(monkeypatch, 4)  # step 4 of a fresh run
     run = tmp_path / "run"
     script = _load_script()
     code = script.main([
@@ -274,7 +284,6 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(store, store_root, 
         "--student-kwargs", '{"num_residual_blocks": 1}', "--steps", "5", "--batch-size", "2",
         "--crop-size", "32", "--eval-size", "32", "--warmup-steps", "0", "--checkpoint-interval", "2",
         "--eval-interval", "2", "--log-interval", "1", "--device", "cpu", "--no-progress",
-        "--set", "fault_nonfinite_step=4",
     ])
     out, err = capsys.readouterr()
     assert code == 3
@@ -287,17 +296,33 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(store, store_root, 
     assert [r["step"] for r in records(run)] == [1, 2, 3]
     load_student(run / "checkpoints" / "last.safetensors")
     # The run resumes from the last good checkpoint with only --out: its config comes from the run.
-    code = script.main(["--out", str(run), "--resume", "--steps", "4", "--no-progress", "--set", "fault_nonfinite_step=null"])
+    monkeypatch.undo()
+    monkeypatch.setattr(loop_module, "open_store", lambda path: store)
+    code = script.main(["--out", str(run), "--resume", "--steps", "4", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
     assert read_student_metadata(run / "checkpoints" / "last.safetensors")["extra"]["step"] == 4
+    _nonfinite_style_at_call(monkeypatch, 3)
     with pytest.raises(NonFiniteLossError, match="step 3"):
-        train(tiny(store_root, steps=3, fault_nonfinite_step=3), tmp_path / "other", store=store, progress=False)
+        train(tiny(store_root, steps=3), tmp_path / "other", store=store, progress=False)
+
+
+def test_runs_saved_with_the_removed_test_hook_still_resume(store, store_root, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(store_root, steps=1, checkpoint_interval=1), run, store=store, progress=False)
+    state_path = run / "checkpoints" / "last_state.pt"
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state["config"]["fault_nonfinite_step"] = None  # what runs of earlier versions saved
+    torch.save(state, state_path)
+    config = resolve_config(overrides={"steps": 2}, run_dir=run, resume=True)
+    assert train(config, run, store=store, resume=True, progress=False).step == 2
+    with pytest.raises(ValueError, match="unknown TrainConfig option"):
+        resolve_config(overrides={"fault_nonfinite_step": 3})
 
 
 def test_nonfinite_weights_are_never_saved(store, store_root, tmp_path, monkeypatch):
     calls = []
-    original = train_module.backward_step
+    original = loop_module.backward_step
 
     def poisoned(objective, student, *args, **kwargs):
         original(objective, student, *args, **kwargs)
@@ -305,7 +330,7 @@ def test_nonfinite_weights_are_never_saved(store, store_root, tmp_path, monkeypa
         if len(calls) == 2:  # a finite loss whose update still broke the weights
             next(student.parameters()).data.fill_(float("nan"))
 
-    monkeypatch.setattr(train_module, "backward_step", poisoned)
+    monkeypatch.setattr(loop_module, "backward_step", poisoned)
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="weights became non-finite in the update of step 2.*step 1"):
         train(tiny(store_root, steps=3, checkpoint_interval=1), run, store=store, progress=False)

@@ -72,9 +72,11 @@ def warn_if_random(weights_description: str) -> None:
         )
 
 
-def write_line(line: str) -> None:
-    """A line on stderr that does not tear a progress bar."""
-    tqdm.write(line, file=sys.stderr)
+def write_line(line: str, *, file: Any = None) -> None:
+    """A line on stderr (or ``file``) that does not tear a progress bar."""
+    file = sys.stderr if file is None else file
+    tqdm.write(line, file=file)
+    file.flush()
 
 
 class ProgressBar:

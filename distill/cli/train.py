@@ -1,4 +1,4 @@
-"""Train a feed-forward student on a teacher-target store (see distill/train.py).
+"""Train a feed-forward student on a teacher-target store (see distill/train/).
 
     python scripts/train_student.py --targets STORE --out RUN_DIR --student johnson --steps 2000
     python scripts/train_student.py --out RUN_DIR --resume --steps 4000      # continue a run
@@ -17,9 +17,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from distill.cli.console import process_settings
+from distill.cli.console import ProgressBar, process_settings, write_line
 from distill.core.config import yaml_value
-from distill.train import NonFiniteLossError, resolve_config, train
+from distill.core.errors import DistillError
+from distill.train.config import resolve_config
+from distill.train.distributed import process_group
+from distill.train.loop import NonFiniteLossError, train
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -80,18 +83,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         config = resolve_config(config_file=args.config, overrides=overrides_from(args), run_dir=args.out, resume=args.resume)
-        with process_settings():
-            result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+        with process_settings(), process_group(config.device), ProgressBar(desc="train", unit="step") as bar:
+            result = train(config, args.out, resume=args.resume, log=_log_line,
+                           progress=None if args.no_progress else bar.update_to)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (DistillError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if result.step and result.best is not None:
         print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "
               f"(step {result.best['step']}, held-out SSIM to the teacher {result.best['ssim']:.4f})")
     return 0
+
+
+def _log_line(line: str) -> None:
+    """A line of the run's report on stdout, above the progress bar (on stderr) without tearing it."""
+    write_line(line, file=sys.stdout)
 
 
 def run(argv: Sequence[str] | None = None, *, prog: str | None = None) -> NoReturn:

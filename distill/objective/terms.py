@@ -8,8 +8,12 @@ independent optimisation problems (the batched teacher) as well as a training ba
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from distill.objective.criterion import StyleCriterion
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -155,3 +159,41 @@ def structural_dissimilarity(images: torch.Tensor, targets: torch.Tensor, *, win
     c1, c2 = 0.01**2, 0.03**2
     ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return 1 - ssim.flatten(1).mean(dim=1)
+
+
+def distill_terms(
+    criterion: StyleCriterion,
+    output: torch.Tensor,
+    target: torch.Tensor,
+    kinds: Sequence[str],
+    *,
+    output_features: Mapping[str, torch.Tensor] | None = None,
+    target_features: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Distillation terms towards the teacher's image, each (B,) float32, unweighted.
+
+    ``output``, ``target``: (B, 3, H, W) in [0, 1]. Images are compared as the criterion
+    sees them (``criterion.measured``: luminance in colour-preserving mode).
+    ``ssim`` is ``1 - SSIM`` (:func:`structural_dissimilarity`).
+    ``feature`` is the criterion's content distance (:meth:`StyleCriterion.content_distance`)
+    between the two images' features at its content layers; pass precomputed
+    ``output_features`` / ``target_features`` to save passes.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if "ssim" in kinds:
+        terms["ssim"] = structural_dissimilarity(criterion.measured(output), criterion.measured(target))
+    if "pixel_l1" in kinds or "pixel_l2" in kinds:
+        diff = criterion.measured(output.float()) - criterion.measured(target.float())
+        if "pixel_l1" in kinds:
+            terms["pixel_l1"] = diff.abs().flatten(1).mean(dim=1)
+        if "pixel_l2" in kinds:
+            terms["pixel_l2"] = diff.pow(2).flatten(1).mean(dim=1)
+    if "feature" in kinds:
+        if output_features is None:
+            output_features = criterion.features(output)
+        if target_features is None:
+            with torch.no_grad():
+                target_features = criterion.features(target)
+        # The criterion's own content distance: relative per layer with scale-free terms.
+        terms["feature"] = criterion.content_distance(output_features, target_features)
+    return {kind: terms[kind] for kind in kinds}

@@ -1,0 +1,421 @@
+"""Train a feed-forward student to reproduce the Gatys teacher: :func:`train`.
+
+The objective (:mod:`distill.train.objective`) is the teacher's own criterion, rebuilt
+from the target store, plus a distillation term that pulls the student's output towards
+the teacher's image. Batches are a pure function of ``(seed, step)``
+(:mod:`distill.train.data`), so a resumed run continues exactly; the files of a run
+folder are described in :mod:`distill.train.runfiles`.
+
+Colour-preserving stores (``criterion.luminance_only``): the teacher optimised luminance
+and then put the content's chroma back (``transfer_luminance``). The student is built
+with ``preserve_color=True`` (:class:`students.registry.ColourPreservingStudent`), so it
+does the same inside the model: checkpoints, tiled inference and every export keep the
+content's colours. Checkpoints also record ``luminance_only`` in their metadata.
+
+It prints nothing: lines for a user go to ``log`` and progress to ``progress``, both
+silent by default (the command line draws them on the console).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.config import to_dict
+from distill.core.devices import isolated_rng, resolve_device, synchronize
+from distill.core.errors import ConfigError, DistillError, NumericalError, StoreError
+from distill.core.files import write_text_atomic
+from distill.objective.criterion import StyleCriterion
+from distill.objective.lossnet import is_random_weights
+from distill.targets.pairs import TargetPairs
+from distill.targets.store import TargetStore
+from distill.train.config import TrainConfig, check_resume_compatible, lr_at
+from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, open_store, target_pairs
+from distill.train.distributed import DistInfo, all_mean, barrier, wrap
+from distill.train.evaluate import evaluate, sample_grid
+from distill.train.objective import backward_step, forward_objective
+from distill.train.runfiles import RunFiles, checkpoint_paths, save_state, set_rng_state, yaml_text
+from students import create_student
+from students.checkpoint import save_student
+
+#: ``log(line)``: a line for the user (the run's set-up, evaluations, warnings).
+LogCallback = Callable[[str], None]
+#: ``progress(step, total, postfix=None)``: after every step; ``postfix`` (loss, images/s) at logged steps.
+ProgressCallback = Callable[..., None]
+
+
+class NonFiniteLossError(NumericalError):
+    """A loss term became NaN or Inf; nothing was saved after the last finite step."""
+
+    def __init__(self, step: int, term: str, value: float, last_checkpoint_step: int | None) -> None:
+        kept = (
+            f"the last good checkpoint (step {last_checkpoint_step}) is intact"
+            if last_checkpoint_step is not None
+            else "no checkpoint had been written yet"
+        )
+        what = (
+            f"the student's weights became non-finite in the update of step {step}"
+            if term == "weights"
+            else f"non-finite loss at step {step}: term {term!r} = {value}"
+        )
+        super().__init__(
+            f"{what}; training stopped, {kept}. "
+            "Lower lr, raise warmup_steps, set grad_clip or use precision fp32/bf16."
+        )
+        self.step = step
+        self.term = term
+        self.value = value
+        self.last_checkpoint_step = last_checkpoint_step
+
+
+class RunExistsError(DistillError, FileExistsError):
+    """The run folder already holds a run, and resuming it was not asked for."""
+
+
+class MissingRunError(DistillError, FileNotFoundError):
+    """Resuming was asked for, but the run folder holds no resumable state."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank; files are written by rank 0 only)."""
+
+    run_dir: Path
+    step: int  # last completed step
+    history: list[dict[str, float]]  # per step of this invocation: step, lr and the (all-reduced) loss terms
+    evaluations: list[dict[str, float]]  # held-out metrics of this invocation
+    best: dict[str, float] | None  # {"step", "ssim", "total"} of best.safetensors
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    store: TargetStore | None = None,
+    log: LogCallback | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train ``config.student`` on the store ``config.targets``; write RUN_DIR (see :mod:`distill.train.runfiles`).
+
+    ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``.
+    ``store``: an already opened target store (default: ``TargetStore(config.targets)``).
+    ``log`` and ``progress``: see :data:`LogCallback` and :data:`ProgressCallback`; None
+    (or False) reports nothing. Inside a process group (the command line joins one under
+    ``torchrun``, :func:`distill.train.distributed.process_group`) each process takes
+    ``batch_size / world_size`` of every global batch, and only rank 0 writes files and
+    reports. The student is initialised from ``config.seed`` on a random state of its own:
+    the caller's random generators are left as they were. Raises
+    :class:`NonFiniteLossError` on a NaN/Inf loss without saving anything after the last
+    finite step.
+    """
+    run_dir = Path(run_dir)
+    dist_info = DistInfo.current()
+    device = _device(config.device, dist_info)
+    state = _open_run(run_dir, config, resume=resume)
+    data = _prepare_data(store, config, device)
+    with isolated_rng(config.seed):
+        model = _build_student(config, data.criterion, device, state)
+        loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info,
+                     log=(log or _silent) if dist_info.main else _silent,
+                     progress=(progress or None) if dist_info.main else None)
+        try:
+            loop.run()
+        finally:
+            loop.close()
+    paths = checkpoint_paths(run_dir)
+    return TrainResult(
+        run_dir=run_dir,
+        step=loop.step,
+        history=loop.history,
+        evaluations=loop.evaluations,
+        best=loop.best,
+        last_checkpoint=paths["last"],
+        best_checkpoint=paths["best"] if paths["best"].exists() else None,
+    )
+
+
+@dataclass
+class _Data:
+    """The store's side of a run, ready before the student exists."""
+
+    criterion: StyleCriterion
+    train_pairs: TargetPairs
+    eval_pairs: TargetPairs  # the held-out pairs, or the training pairs when the store has none
+    eval_split: str  # "heldout" or "train"
+    extra: dict[str, Any]  # checkpoint metadata shared by every save of the run
+
+
+@dataclass
+class _Model:
+    """The student and its optimiser, fresh or as the resumed run left them."""
+
+    student: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    start_step: int = 0
+    resumed: bool = False
+    best: dict[str, float] | None = None
+    latest_eval: dict[str, float] | None = None
+
+
+def _silent(_line: str) -> None:
+    pass
+
+
+def _device(name: str, dist_info: DistInfo) -> torch.device:
+    """The configured device; a bare "cuda" is this process's GPU under ``torchrun``, else the current one."""
+    device = resolve_device(name, local_rank=dist_info.local_rank if dist_info.world_size > 1 else None)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> dict[str, Any] | None:
+    """The saved state of the run to resume (None for a new run), checked against ``config``."""
+    state_path = checkpoint_paths(run_dir)["state"]
+    if resume:
+        if not state_path.exists():
+            raise MissingRunError(f"--resume: {state_path} does not exist; nothing to resume")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        check_resume_compatible(state["config"], config)
+        return state
+    if state_path.exists():
+        raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
+    return None
+
+
+def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.device) -> _Data:
+    """Open the store, rebuild the teacher's criterion on ``device`` and split the targets."""
+    if not config.targets and store is None:
+        raise ConfigError("no target store given (config.targets / --targets)")
+    if store is None:
+        store = open_store(config.targets)
+    config_hash = store.resolve_config(config.config_hash)
+    criterion = store.build_criterion(config_hash, device=device, weights=config.loss_weights)
+    criterion.requires_grad_(False)
+    if config.channels_last:
+        criterion = criterion.to(memory_format=torch.channels_last)
+    pair_options = {"config_hash": config_hash, "heldout_fraction": config.heldout_fraction}
+    train_pairs = target_pairs(store, split="train", **pair_options)
+    if len(train_pairs) == 0:
+        raise StoreError(f"the store {config.targets} has no training targets for teacher config {config_hash}")
+    eval_pairs, eval_split = target_pairs(store, split="heldout", **pair_options), "heldout"
+    if len(eval_pairs) == 0:
+        eval_pairs, eval_split = train_pairs, "train"
+    weights = criterion.weights_description
+    extra = {
+        "train_config": to_dict(config),
+        "targets": str(Path(config.targets).resolve()) if config.targets else str(store.root),
+        "config_hash": config_hash,
+        "teacher_config": to_dict(store.teacher_config(config_hash)),
+        "loss_network_weights": weights,
+        "loss_network_random": is_random_weights(weights),
+        "teacher_weights": sorted({str(entry.weights) for entry in store.entries(config_hash, traces=False)} - {""}),
+        "luminance_only": bool(criterion.luminance_only),
+        "eval_split": eval_split,
+    }
+    return _Data(criterion, train_pairs, eval_pairs, eval_split, extra)
+
+
+def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch.device,
+                   state: dict[str, Any] | None) -> _Model:
+    """The student, its optimiser and loss scaler; with ``state``, as the saved run left them (random state too)."""
+    # A colour-preserving teacher's student carries the chroma transfer inside the model.
+    student = create_student(config.student, preserve_color=bool(criterion.luminance_only), **config.student_kwargs)
+    student = student.to(device)
+    if config.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    model = _Model(student, optimizer, torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
+    if state is not None:
+        student.load_state_dict(state["model"])
+        _apply_freeze(student, config, state["step"] + 1)
+        optimizer.load_state_dict(state["optimizer"])
+        model.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        model.start_step, model.resumed = int(state["step"]), True
+        model.best = dict(state["best"]) or None
+        model.latest_eval = dict(state.get("latest_eval", {})) or None
+    student.train()
+    return model
+
+
+def _apply_freeze(student: nn.Module, config: TrainConfig, step: int) -> bool:
+    """Unfreeze a timm_encoder's encoder once ``step >= unfreeze_step``; True when it changed now."""
+    if config.unfreeze_step is None or not hasattr(student, "unfreeze_encoder"):
+        return False
+    if step >= config.unfreeze_step and getattr(student, "encoder_frozen", False):
+        student.unfreeze_encoder()
+        return True
+    return False
+
+
+def _make_loader(config: TrainConfig, pairs: TargetPairs, *, start_step: int, dist_info: DistInfo,
+                 device: torch.device) -> torch.utils.data.DataLoader:
+    """This process's batches of steps ``start_step + 1 .. config.steps``, cropped."""
+    return torch.utils.data.DataLoader(
+        CroppedPairs(pairs, crop_size=config.crop_size, hflip=config.hflip),
+        batch_sampler=StepBatchSampler(
+            count=len(pairs), batch_size=config.batch_size, seed=config.seed,
+            first_step=start_step + 1, last_step=config.steps,
+            rank=dist_info.rank, world_size=dist_info.world_size,
+        ),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+        persistent_workers=False,
+    )
+
+
+def _announce(log: LogCallback, config: TrainConfig, data: _Data, *, start_step: int, device: torch.device,
+              dist_info: DistInfo) -> None:
+    """The run's set-up in a few lines, with warnings for random loss-network weights and a missing held-out split."""
+    where = f"{device}" + (f" x {dist_info.world_size} processes" if dist_info.world_size > 1 else "")
+    action = f"resuming at step {start_step}" if start_step else "starting"
+    heldout_count = len(data.eval_pairs) if data.eval_split == "heldout" else 0
+    log(f"train: {action}; student {config.student}, {len(data.train_pairs)} train / {heldout_count} held-out targets, "
+        f"{config.steps} steps, batch {config.batch_size}, {config.precision} on {where}")
+    log(f"train: loss network weights: {data.extra['loss_network_weights']}")
+    if data.extra["loss_network_random"]:
+        log("WARNING: the loss network has RANDOM weights: a seeded random texture network, not learned "
+            "VGG-19 features (recorded in the checkpoint metadata).")
+    if data.eval_split != "heldout":
+        log("WARNING: the store has no held-out targets; best.safetensors is chosen on training targets.")
+
+
+class _Loop:
+    """One invocation's steps, from the step after the resumed one to ``config.steps``, and what they write."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, data: _Data, model: _Model, *, device: torch.device,
+                 dist_info: DistInfo, log: LogCallback, progress: ProgressCallback | None) -> None:
+        self.config, self.data, self.device, self.dist_info = config, data, device, dist_info
+        self.student, self.optimizer, self.scaler = model.student, model.optimizer, model.scaler
+        self.best, self.latest_eval = model.best, model.latest_eval
+        self.start_step = self.step = model.start_step
+        self.last_saved_step = model.start_step if model.resumed else None
+        self.log, self.progress = log, progress
+        self.paths = checkpoint_paths(run_dir)
+        self.history: list[dict[str, float]] = []
+        self.evaluations: list[dict[str, float]] = []
+        self.teacher_cache: dict[int, float] = {}
+        self.files = RunFiles(run_dir, start_step=self.start_step) if dist_info.main else None
+        self.preview: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.files is not None:
+            write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
+            _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
+            self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
+            self.preview = [
+                (centre_square(data.eval_pairs[i]["content"], config.eval_size),
+                 centre_square(data.eval_pairs[i]["target"], config.eval_size))
+                for i in range(min(config.image_samples, len(data.eval_pairs)))
+            ]
+        self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info, device=device)
+        self.model = wrap(self.student, config, dist_info, device)
+        self.interval_images, self.interval_start = 0, time.perf_counter()
+
+    def run(self) -> None:
+        config = self.config
+        for step, (content, target) in zip(range(self.start_step + 1, config.steps + 1), self.loader):
+            if _apply_freeze(self.student, config, step):
+                # DDP only tracks the parameters that are trainable when it wraps the student.
+                self.model = wrap(self.student, config, self.dist_info, self.device)
+            lr = lr_at(step, config)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            record = self._train_step(step, lr, content, target)
+            self.step = step
+            self._log_step(step, record)
+            self._periodic_writes(step, lr)
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()
+
+    def _train_step(self, step: int, lr: float, content: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Forward, the all-reduced terms, the non-finite check and the update of one step; its record."""
+        content = content.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            content = content.contiguous(memory_format=torch.channels_last)
+            target = target.contiguous(memory_format=torch.channels_last)
+        objective, terms = forward_objective(
+            self.model, self.data.criterion, content, target, config=self.config, device=self.device
+        )
+        names = list(terms)
+        reduced = all_mean(torch.stack([terms[n].detach().float() for n in names]), self.dist_info).cpu()
+        bad = [(n, float(v)) for n, v in zip(names, reduced) if not math.isfinite(float(v))]
+        if bad:
+            term, value = next(((n, v) for n, v in bad if n not in ("criterion", "objective", "distill")), bad[0])
+            raise NonFiniteLossError(step, term, value, self.last_saved_step)
+        backward_step(objective, self.student, self.optimizer, self.scaler, grad_clip=self.config.grad_clip)
+        record = {"step": step, "lr": lr, **{n: float(v) for n, v in zip(names, reduced)}}
+        self.history.append(record)
+        return record
+
+    def _log_step(self, step: int, record: dict[str, float]) -> None:
+        """metrics.jsonl and TensorBoard every ``log_interval`` steps (with images/s), progress every step."""
+        self.interval_images += self.config.batch_size
+        postfix = None
+        if step % self.config.log_interval == 0 or step == self.config.steps:
+            synchronize(self.device)
+            now = time.perf_counter()
+            rate = self.interval_images / max(now - self.interval_start, 1e-9)
+            self.interval_images, self.interval_start = 0, now
+            if self.files is not None:
+                self.files.record(step, "train", {**{k: v for k, v in record.items() if k != "step"}, "images_per_sec": rate})
+            postfix = f"loss={record['objective']:.4g}, img_s={rate:.1f}"
+        if self.progress is not None:
+            self.progress(step, self.config.steps, postfix=postfix)
+
+    def _periodic_writes(self, step: int, lr: float) -> None:
+        """Sample grid, evaluation (and best checkpoint), last checkpoint: each at its interval and at the last step."""
+        config = self.config
+        last = step == config.steps
+        image_due, eval_due, checkpoint_due = (
+            step % interval == 0 or last
+            for interval in (config.image_interval, config.eval_interval, config.checkpoint_interval)
+        )
+        finite = (bool(torch.isfinite(p).all()) for p in self.student.parameters())
+        if (image_due or eval_due or checkpoint_due) and not all(finite):
+            # A finite loss can still produce an inf gradient; never save what it did.
+            raise NonFiniteLossError(step, "weights", math.nan, self.last_saved_step)
+        if self.files is not None and image_due and self.preview:
+            grid = sample_grid(self.student, self.preview, luminance_only=self.data.criterion.luminance_only, device=self.device)
+            self.files.image(step, grid)
+        if self.files is not None and eval_due:
+            self._evaluate(step)
+        if checkpoint_due:
+            if self.files is not None:
+                # "heldout": the latest evaluation, with its own "step" (may precede this one).
+                extra = {**self.data.extra, "step": step, "kind": "last", "best": self.best, "heldout": self.latest_eval}
+                save_student(self.student, self.paths["last"], extra=extra)
+                save_state(self.paths["state"], self.student, self.optimizer, self.scaler, config, step, self.best, lr,
+                           self.latest_eval)
+            self.last_saved_step = step
+            barrier(self.dist_info)
+
+    def _evaluate(self, step: int) -> None:
+        """Evaluate on the held-out pairs, record and report it, and keep the best student so far."""
+        split = self.data.eval_split
+        evaluated = evaluate(self.student, self.data.criterion, self.data.eval_pairs, config=self.config,
+                             device=self.device, teacher_cache=self.teacher_cache)
+        self.latest_eval = {"step": step, **evaluated}
+        self.evaluations.append(self.latest_eval)
+        self.files.record(step, split if split == "heldout" else "train_eval", evaluated)
+        self.log(f"step {step}: {split} SSIM to teacher {evaluated['ssim']:.4f}, criterion "
+                 f"{evaluated['total']:.5g} (teacher {evaluated.get('teacher_total', float('nan')):.5g})")
+        if self.best is None or evaluated["ssim"] > self.best["ssim"]:
+            self.best = {"step": step, "ssim": evaluated["ssim"], "total": evaluated["total"]}
+            save_student(self.student, self.paths["best"], extra={**self.data.extra, "step": step, "kind": "best",
+                                                                  "heldout": self.latest_eval, "best": self.best})
