@@ -86,7 +86,7 @@ def main() -> None:
         started = time.perf_counter()
         summary = generate_targets(
             content_dir=folder, style_paths=[style], store_root=stores[name], teacher_config=teacher,
-            batch_size=4, device=str(device), progress=True,
+            batch_size=4, device=str(device), log=print,
         )
         print(f"{name} targets: {summary.new} new, {summary.present} present ({time.perf_counter() - started:.0f} s)", flush=True)
 
