@@ -416,6 +416,8 @@ class _Run:
     def close(self) -> None:
         self.writer.close()
         self.locks.release_all()
+        with contextlib.suppress(OSError):  # other writers' locks are still there
+            (self.store.root / "locks").rmdir()
 
     @property
     def criterion(self) -> StyleCriterion:
