@@ -17,12 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
+from distill.core.errors import ConfigError
 from distill.objective.config import CriterionConfig
 from distill.objective.lossnet import WeightsFileError, build_loss_network
 from distill.targets.generation import generate_targets
 from distill.targets.locks import KeyLocks
 from distill.targets.locks import _is_current as lock_file_is_current
 from students import create_student, save_student
+from teachers import gatys
 from teachers.gatys import TeacherConfig
 
 
@@ -80,3 +82,23 @@ def test_a_lock_file_deleted_by_its_holder_cannot_be_held_twice(tmp_path):
     assert second.acquire("key") and not third.acquire("key")
     second.release_all()
     assert not (tmp_path / "locks").exists()
+
+
+# --------------------------------------------------------------------------- sizes and memory
+
+
+def test_the_teacher_refuses_sizes_below_its_minimum_and_above_memory(monkeypatch):
+    with pytest.raises(ConfigError, match="size must be at least 16 px"):
+        TeacherConfig(size=8)
+    assert gatys.content_size_problem(1, 1, 512) == "too small (1x1 px; every side needs at least 16 px)"
+    assert gatys.content_size_problem(20, 1000, 512).startswith("too elongated (1000x20 px becomes 512x10")
+    config = TeacherConfig(criterion=CriterionConfig(weights="random"), size=512)
+    assert gatys.memory_estimate(config, (512, 512)) == 512 * 512 * (2000 + (2 * 100 + 3) * 12)
+    monkeypatch.setattr(gatys, "memory_capacity", lambda device: 10**9)
+    gatys.check_memory(config, (256, 256), device="cpu")  # fits
+    with pytest.raises(gatys.TeacherInputError, match=r"^--size 512: the teacher would need about 1\.2 GB for a 512x512 "
+                       r"result, more than the 1\.0 GB of memory on cpu; use a smaller --size$"):
+        gatys.check_memory(config, (512, 512), device="cpu")
+    huge_style = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=40000), size=64)
+    with pytest.raises(gatys.TeacherInputError, match=r"^--style-size 40000: .* for the style statistics, .*smaller --style-size$"):
+        gatys.check_memory(huge_style, (64, 64), device="cpu", styles=[(400, 300)])
