@@ -10,6 +10,7 @@ behind and no input or unrelated file changed.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.core.errors import ConfigError
+from distill.cli import console
+from distill.core.errors import ConfigError, UnavailableError
 from distill.objective.config import CriterionConfig
 from distill.objective.lossnet import WeightsFileError, build_loss_network
 from distill.targets.generation import generate_targets
@@ -102,3 +104,47 @@ def test_the_teacher_refuses_sizes_below_its_minimum_and_above_memory(monkeypatc
     huge_style = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=40000), size=64)
     with pytest.raises(gatys.TeacherInputError, match=r"^--style-size 40000: .* for the style statistics, .*smaller --style-size$"):
         gatys.check_memory(huge_style, (64, 64), device="cpu", styles=[(400, 300)])
+
+
+# --------------------------------------------------------------------------- the error policy
+
+
+def _ended(capsys, main, *argv):
+    """Run ``main`` under the console's policy: (exit code, stderr lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        console.run_main(lambda: main(list(argv)))
+    return exit_info.value.code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (ConfigError("--size 0: too small"), 2, "error: --size 0: too small"),
+        (UnavailableError("no internet: pass --weights random"), 1, "error: no internet: pass --weights random"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/out.png"), 2,
+         "error: /data/out.png: Permission denied; choose a path you may write to, or fix its permissions"),
+        (OSError(errno.ENOSPC, "No space left on device", "/data/out.png"), 1,
+         "error: /data/out.png: No space left on device; free some space or choose a folder on another disk"),
+        (FileNotFoundError("config.yaml: no such config file"), 2, "error: config.yaml: no such config file"),
+        (MemoryError(), 1, "error: out of memory (); use a smaller size, batch or tile"),
+        (KeyError("bug"), 1, "error: unexpected KeyError: 'bug'; rerun with --debug for the traceback and report it"),
+    ],
+)
+def test_every_error_ends_as_one_line_with_its_exit_code(capsys, error, code, line):
+    def main(argv):
+        console.CommandParser(prog="cmd").parse_args(argv)
+        raise error
+
+    assert _ended(capsys, main) == (code, [line])
+
+
+def test_debug_shows_the_traceback_and_bad_options_are_one_line(capsys):
+    def main(argv):
+        console.CommandParser(prog="cmd").parse_args(argv)
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        console.run_main(lambda: main(["--debug"]))
+    assert _ended(capsys, main, "--size", "x") == (
+        2, ["error: cmd: unrecognized arguments: --size x (see cmd --help)"]
+    )
