@@ -256,8 +256,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     """A student checkpoint's model (eval mode, CPU) and metadata (see :func:`students.load_student`).
 
     Raises:
-        ModelLoadError: the file is not a loadable student checkpoint.
+        ModelLoadError: the file is not a loadable student checkpoint (a pickle or an
+            export is named as such).
     """
+    kind = detect_model_kind(path)  # a pickle is refused as one, never unpickled
+    if kind != "checkpoint":
+        raise ModelLoadError(
+            f"{path}: is a {kind} export, not a student checkpoint; give the .safetensors checkpoint it came from"
+        )
     try:
         return load_checkpoint_model(path, device="cpu")
     except StudentCheckpointError as error:
