@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from distill.core.errors import ModelFileError, one_line
-from distill.core.files import atomic_path
+from distill.core.files import write_bytes_atomic
 
 from .registry import create_student
 
@@ -82,8 +83,9 @@ def save_student(
     # safetensors refuses non-contiguous or device tensors; copies are cheap next to a save.
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
 
-    with atomic_path(path) as temp:
-        save_file(state, str(temp), metadata=metadata)
+    # Serialised in memory and written by the one atomic writer (fsynced, renamed, ordinary
+    # permissions): safetensors' own save_file creates owner-only (0600) files.
+    write_bytes_atomic(path, save_safetensors(state, metadata=metadata))
     return path
 
 

@@ -8,14 +8,14 @@ Batched: B content images are optimised at once, each with its own L-BFGS state
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from distill.core.color import transfer_luminance
 from distill.core.config import check_fields, to_dict
-from distill.core.devices import synchronize
+from distill.core.devices import format_bytes, memory_capacity, synchronize
 from distill.core.errors import ConfigError
 from distill.core.imageio import load_image, quantize_8bit, resize_image
 from distill.objective.config import CriterionConfig
@@ -24,6 +24,15 @@ from teachers.lbfgs import BatchedLBFGS
 from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
 
 INIT_CHOICES = ("content", "noise", "style")
+#: Every side of a content image, as given and at the teacher's size, needs at least this
+#: many pixels: below it the deepest style taps of the loss network have (almost) none left.
+MIN_SIDE = 16
+#: Memory the teacher needs per pixel of a result, besides L-BFGS's state: the loss network's
+#: activations and their gradients. Measured on the CPU at 256 px: 2.0 kB (VGG-19) to 2.6 kB
+#: (the texture network); the lower figure is used, so that only sizes that cannot fit are refused.
+ACTIVATION_BYTES_PER_PIXEL = 2000
+#: Style statistics are taken once, at the style size, without gradients.
+STYLE_BYTES_PER_PIXEL = 1000
 #: Every this many iterations (and for the result) the teacher also records its objective on
 #: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
 #: what a student's rounded output must be compared with for "equivalent iterations".
@@ -60,6 +69,8 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.size < MIN_SIDE:
+            raise ConfigError(f"size must be at least {MIN_SIDE} px (the long side of the result), got {self.size}")
         if self.parameterisation not in ("auto", *PARAMETERISATIONS):
             raise ConfigError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
         if not self.pyramid_gain > 0:
@@ -271,6 +282,74 @@ def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: to
     return style.unsqueeze(0).expand(batch, -1, -1, -1).clone()
 
 
+class TeacherInputError(ConfigError):
+    """A content or style image, or a size, that the teacher cannot work with; found before any work."""
+
+
+def result_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(H, W) of an image of ``height`` x ``width`` resized to ``long_side`` (as :func:`resize_image` does)."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def content_size_problem(height: int, width: int, long_side: int) -> str | None:
+    """Why a content image of ``height`` x ``width`` cannot be taught at ``long_side`` px, or ``None``."""
+    if min(height, width) < MIN_SIDE:
+        return f"too small ({width}x{height} px; every side needs at least {MIN_SIDE} px)"
+    new_height, new_width = result_size(height, width, long_side)
+    if min(new_height, new_width) < MIN_SIDE:
+        return (
+            f"too elongated ({width}x{height} px becomes {new_width}x{new_height} at size {long_side}; "
+            f"every side needs at least {MIN_SIDE} px)"
+        )
+    return None
+
+
+def memory_estimate(
+    config: TeacherConfig, result: tuple[int, int], *, batch: int = 1, styles: Sequence[tuple[int, int]] = ()
+) -> int:
+    """Bytes the teacher needs, at least, for ``batch`` results of ``result`` (H, W) px and style images of (H, W) ``styles``.
+
+    L-BFGS keeps ``history_size`` pairs of vectors of every pixel; the loss network's
+    activations come on top (:data:`ACTIVATION_BYTES_PER_PIXEL`), and the style statistics
+    are taken once at the style size.
+    """
+    lbfgs_bytes = (2 * config.history_size + 3) * 3 * 4
+    pixels = result[0] * result[1]
+    style_pixels = 0
+    for height, width in styles:
+        if config.criterion.style_size is not None:
+            height, width = result_size(height, width, config.criterion.style_size)
+        style_pixels = max(style_pixels, height * width)
+    return batch * pixels * (ACTIVATION_BYTES_PER_PIXEL + lbfgs_bytes) + style_pixels * STYLE_BYTES_PER_PIXEL
+
+
+def check_memory(
+    config: TeacherConfig,
+    result: tuple[int, int],
+    *,
+    device: torch.device | str,
+    batch: int = 1,
+    styles: Sequence[tuple[int, int]] = (),
+    what: str = "result",
+) -> None:
+    """:class:`TeacherInputError` when the teacher cannot fit in ``device``'s memory (see :func:`memory_estimate`)."""
+    capacity = memory_capacity(device)
+    needed = memory_estimate(config, result, batch=batch, styles=styles)
+    if capacity is None or needed <= capacity:
+        return
+    if memory_estimate(config, result, batch=batch) > capacity:
+        batch_text = f" (a batch of {batch})" if batch > 1 else ""
+        option, value, what = "--size", config.size, f"a {result[1]}x{result[0]} {what}{batch_text}"
+    else:
+        option, value, what = "--style-size", config.criterion.style_size, "the style statistics"
+    raise TeacherInputError(
+        f"{option} {value}: the teacher would need about {format_bytes(needed)} for {what}, more than the "
+        f"{format_bytes(capacity)} of memory on {torch.device(device).type}; use a smaller {option}"
+        + (" or --batch-size" if batch > 1 and option == "--size" else "")
+    )
+
+
 def stylize_file(
     content_path: str,
     style_paths: list[str],
@@ -287,9 +366,16 @@ def stylize_file(
     ``teacher``: what runs the optimisation (default :func:`stylize`).
     """
     config = config.resolved()
-    # Every input is read before any work, so a bad style file fails in a second, not after minutes.
+    # Every input is read and checked before any work, so a bad style file fails in a second, not after minutes.
     styles = [load_image(path) for path in style_paths]
-    content = resize_image(load_image(content_path), long_side=config.size).unsqueeze(0).to(device)
+    content = load_image(content_path)
+    height, width = content.shape[-2:]
+    problem = content_size_problem(height, width, config.size)
+    if problem is not None:
+        raise TeacherInputError(f"{content_path}: {problem}")
+    result = result_size(height, width, config.size)
+    check_memory(config, result, device=device, styles=[tuple(style.shape[-2:]) for style in styles])
+    content = resize_image(content, long_side=config.size).unsqueeze(0).to(device)
     criterion = build_criterion(config.criterion, styles, device=device)
     result = (teacher or stylize)(criterion, content, config=config, style_image=styles[0].to(device), progress=progress)
     report = {

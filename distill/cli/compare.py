@@ -11,8 +11,10 @@ objective, not stylised) is one line each, on the console and in red in the repo
     python scripts/compare.py --run runs/mosaic --targets store/ --out report/ --min-ssim 0.6 --beat-baselines
 
 Writes REPORT_DIR/report.json, index.html (open it from disk), grid.png, tsne.png and
-tsne_scatter.png. Exit codes: 0 done, 1 a gate failed (the report is still written),
-2 bad input (missing run, checkpoint or store, empty split).
+tsne_scatter.png; REPORT_DIR must be new, empty or hold an earlier report (which is
+replaced): a folder with other files is refused, nothing in it changed. Exit codes: 0 done,
+1 a gate failed (the report is still written) or a failure, 2 bad input (missing run,
+checkpoint or store, empty split, an --out folder that is not a report's).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from distill.cli.console import ProgressBar, fail, process_settings, run_main, warn_if_random
+from distill.cli.console import CommandParser, ProgressBar, fail, process_settings, run_main, warn_if_random
 from distill.core.devices import resolve_device
 from distill.core.errors import StoreError
+from distill.core.outputs import check_output_folder
 from distill.report.aggregate import check_gates
 from distill.report.fidelity import evaluate_fidelity, prepare
-from distill.report.files import write_report
+from distill.report.files import is_report_folder, write_report
 from distill.report.options import FidelityInputError, FidelityOptions
 from distill.report.page import fmt
 from students import StudentCheckpointError
@@ -36,10 +39,10 @@ from students import StudentCheckpointError
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     defaults = FidelityOptions()
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="training run folder (RUN_DIR with checkpoints/); optional with --checkpoint PATH")
     p.add_argument("--targets", type=Path, required=True, help="the teacher-target store the student was trained on")
-    p.add_argument("--out", type=Path, required=True, help="report folder (created if needed)")
+    p.add_argument("--out", type=Path, required=True, help="report folder: new, empty, or an earlier report's (replaced)")
     p.add_argument("--split", default=defaults.split, choices=("heldout", "train", "all"), help="store split to evaluate (default %(default)s)")
     p.add_argument("--checkpoint", default=defaults.checkpoint, help="best, last or a checkpoint path (default %(default)s)")
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto (default %(default)s)")
@@ -65,8 +68,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     if args.run is None and args.checkpoint in ("best", "last"):
         fail(f"--run RUN_DIR is needed for --checkpoint {args.checkpoint} (or pass --checkpoint PATH)")
     options = _options(args)  # checks --max-images and --heldout-fraction
-    if args.out.exists() and not args.out.is_dir():
-        fail(f"--out {args.out}: exists and is not a folder")
+    inputs = [("--targets", args.targets)] + ([("--run", args.run)] if args.run is not None else [])
+    check_output_folder(args.out, option="--out", inputs=inputs, ours=is_report_folder, what="fidelity report")
     with process_settings():
         device = resolve_device(args.device)
         prepare(args.run, args.targets, options)  # every input error exits 2 before the loss network is built

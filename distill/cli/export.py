@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from distill.cli.console import fail, process_settings, run_main
+from distill.cli.console import CommandParser, fail, process_settings, run_main
+from distill.core.outputs import check_output_file
 from distill.deploy.export import (
     DEFAULT_CHECK_SIZES,
     DEFAULT_OPSET,
@@ -33,7 +34,7 @@ from distill.deploy.model_files import DTYPES, ModelLoadError
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog or "export_student",
         description="Export a student checkpoint to ONNX, torch.export (.pt2) or TorchScript, "
         "with dynamic batch/height/width, and check it against the eager student.",
@@ -53,6 +54,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Returns the exit code; bad input raises SystemExit(2) with one ``error:`` line."""
     args = build_parser(prog).parse_args(argv)
+    if not args.checkpoint.is_file():
+        fail(f"--checkpoint {args.checkpoint}: no such checkpoint file" if not args.checkpoint.exists() else
+             f"--checkpoint {args.checkpoint}: is a folder; give the .safetensors file")
+    check_output_file(args.out, option="--out", inputs=[("--checkpoint", args.checkpoint)])
     expected = SUFFIXES[args.format]
     if args.out.suffix.lower() != expected:
         print(f"note: {args.format} files are conventionally named *{expected}; writing {args.out} anyway", file=sys.stderr)

@@ -8,7 +8,9 @@
 (.onnx, .pt2, TorchScript .pt); detected by content. Folders are walked recursively and
 mirrored under --output as PNG. Every image keeps its size; EXIF orientation is applied.
 Images above --pixel-budget pixels are tiled automatically (2048 px tiles, 256 px overlap).
-Exit codes: 0 done, 1 some images could not be read (each is named), 2 bad input.
+An output is never one of the inputs, and an image that cannot fit in memory as planned is
+refused before any work, with the estimate and a pointer to --tile.
+Exit codes: 0 done, 1 some images could not be read (each is named) or a failure, 2 bad input.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from distill.cli.console import ProgressBar, fail, process_settings, run_main, write_line
+from distill.cli.console import CommandParser, ProgressBar, fail, process_settings, run_main, write_line
 from distill.core.devices import resolve_device
+from distill.core.imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS
+from distill.core.outputs import check_output_file, check_output_folder
 from distill.deploy.model_files import DTYPES, ModelLoadError, load_model
-from distill.deploy.stylize import StylizeInputError, stylize_path
+from distill.deploy.stylize import StylizeInputError, output_paths, stylize_path
 from distill.deploy.tiling import DEFAULT_PIXEL_BUDGET
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog or "stylize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog=prog or "stylize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="student checkpoint (.safetensors) or export (.onnx, .pt2, .pt)")
     parser.add_argument("--input", required=True, type=Path, help="image file or folder (recursive)")
     parser.add_argument("--output", required=True, type=Path, help="output image (its suffix picks the format) or folder (PNG)")
@@ -51,8 +55,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         fail("--tile must be positive")
     if args.overlap is not None and args.tile is None:
         fail("--overlap needs --tile")
-    if not args.input.exists():
-        fail(f"{args.input}: no such file or folder")
+    if args.pixel_budget < 1:
+        fail(f"--pixel-budget must be at least 1, got {args.pixel_budget}")
+    check_paths(args)
     with process_settings():
         device = resolve_device(args.device)
         with warnings.catch_warnings():
@@ -85,6 +90,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     return 1 if summary.failed else 0
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Before any work: an input with images, and an output that can be written and is none of them."""
+    if not args.input.exists():
+        fail(f"--input {args.input}: no such file or folder")
+    pairs = output_paths(args.input, args.output)  # refuses an output that is the input
+    if not pairs:
+        inside = " (outside --output)" if args.output.resolve().is_relative_to(args.input.resolve()) else ""
+        fail(
+            f"--input {args.input}: the folder has no images{inside}; looked for {' '.join(IMAGE_SUFFIXES)} "
+            "files, in sub-folders too"
+        )
+    inputs = [("--input", args.input), ("--model", args.model)]
+    if args.input.is_file():
+        check_output_file(pairs[0][1], option="--output", inputs=inputs, suffixes=tuple(OUTPUT_FORMATS))
+    else:
+        check_output_folder(args.output, option="--output", inputs=inputs)
+
+
 def run(argv: Sequence[str] | None = None, *, prog: str | None = None) -> NoReturn:
-    """The command: exit 0 done, 1 some images unreadable, 2 bad input."""
+    """The command: exit 0 done, 1 some images unreadable or a failure, 2 bad input."""
     run_main(lambda: main(argv, prog=prog), expected=(ModelLoadError, StylizeInputError))

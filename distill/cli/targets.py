@@ -7,6 +7,9 @@
 Rerunning the same command skips finished targets (also after kill -9); a changed teacher
 config makes new targets beside the old ones. Shards (``--shard i/n``, or torchrun's
 RANK/WORLD_SIZE) split the contents by hash into disjoint parts that may run at once.
+--out must be new, empty or a target store; a folder of other files is refused, untouched.
+Exit codes: 0 done, 1 some targets failed (or --verify found problems) or a failure, 2 bad
+input (found before any work).
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from distill.cli.console import ProgressBar, process_settings, write_line
+from distill.cli.console import CommandParser, ProgressBar, debugging, describe_error, process_settings, run_main, write_line
 from distill.cli.teacher_args import add_teacher_arguments, batch_invariant_teacher, teacher_config_from_args
-from distill.core.errors import ConfigError, StoreError
+from distill.core.errors import DistillError
 from distill.core.files import write_json_atomic
-from distill.objective.lossnet import WeightsUnavailableError
+from distill.core.outputs import check_output_file, check_output_folder
 from distill.targets.generation import (
     GenerationInputError,
     GenerationProgress,
@@ -41,12 +44,12 @@ _TEACHER_REFRESH = 0.5
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog or PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog=prog or PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--content-dir", type=Path, help="folder of content images (walked recursively)")
     io.add_argument("--out", type=Path, required=True, help="target store folder (created if needed)")
-    io.add_argument("--limit", type=int, default=None, help="use only the first N content files (sorted by path)")
-    io.add_argument("--summary-json", type=Path, default=None, help="also write the run summary to this JSON file")
+    io.add_argument("--limit", type=int, default=None, help="use only the first N content files (sorted by path; N >= 1)")
+    io.add_argument("--summary-json", type=Path, default=None, help="also write the run summary to this JSON file (.json)")
     io.add_argument("--verify", action="store_true", help="only recompute the store's hashes; exit 1 on problems")
     io.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -65,9 +68,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             if args.verify:
                 return _verify(args.out, quiet=args.quiet)
             summary = _generate(args)
-    except (ConfigError, StoreError, WeightsUnavailableError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    except DistillError as exc:  # bad input (2) or no weights (1): one line, returned for in-process callers
+        if debugging():
+            raise
+        message, code = describe_error(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return code
     for line in summary.lines():
         print(line)
     if args.summary_json is not None:
@@ -76,8 +82,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None = None, *, prog: str | None = None) -> NoReturn:
-    """The command: exit 0 done, 1 some targets failed (or --verify found problems), 2 bad input."""
-    sys.exit(main(argv, prog=prog))
+    """The command: exit 0 done, 1 some targets failed (or --verify found problems) or a failure, 2 bad input."""
+    run_main(lambda: main(argv, prog=prog))
 
 
 def _verify(store_root: Path, *, quiet: bool) -> int:
@@ -100,6 +106,11 @@ def _generate(args: argparse.Namespace) -> GenerationSummary:
     if args.content_dir is None or not args.style:
         raise GenerationInputError("--content-dir and at least one --style are required (or use --verify)")
     config = teacher_config_from_args(args)
+    # The store refuses a folder with other files itself; here: a path it could never be written to.
+    check_output_folder(args.out, option="--out")
+    if args.summary_json is not None:
+        inputs = [("--content-dir", args.content_dir), *(("--style", style) for style in args.style)]
+        check_output_file(args.summary_json, option="--summary-json", inputs=inputs, suffixes=(".json",))
     shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (0, 1))
     bars = _TargetBars(shard)
     try:

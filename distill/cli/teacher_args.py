@@ -17,7 +17,7 @@ import torch
 from distill.cli.console import fail
 from distill.objective.config import LAYER_WEIGHTINGS, NORMALISATIONS, POOLINGS, STYLE_STATISTICS, CriterionConfig
 from teachers import gatys
-from teachers.gatys import INIT_CHOICES, TeacherConfig, TeacherResult
+from teachers.gatys import INIT_CHOICES, MIN_SIDE, TeacherConfig, TeacherResult
 from teachers.pyramid import PARAMETERISATIONS
 
 
@@ -76,6 +76,12 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
     """Build the :class:`TeacherConfig` that :func:`add_teacher_arguments` describes."""
     if args.style_weights is not None and len(args.style_weights) != len(args.style):
         fail(f"--style-weights has {len(args.style_weights)} value(s) for {len(args.style)} --style image(s)")
+    if args.size < MIN_SIDE:
+        fail(f"--size {args.size}: the long side of the result must be at least {MIN_SIDE} px")
+    if args.style_size is not None and args.style_size < MIN_SIDE:
+        fail(f"--style-size {args.style_size}: the style's long side must be at least {MIN_SIDE} px")
+    if args.iters < 1:
+        fail(f"--iters {args.iters}: the teacher needs at least 1 evaluation")
     preset = CriterionConfig.classic() if args.loss_normalisation == "classic" else CriterionConfig()
     given = {
         "content_weight": args.content_weight,

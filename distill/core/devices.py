@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +32,40 @@ def resolve_device(name: str | torch.device, *, local_rank: int | None = None) -
         if device.index is None and local_rank is not None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+#: cgroup (v2, then v1) files that hold a container's memory limit.
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_capacity(device: torch.device | str) -> int | None:
+    """Bytes of memory ``device`` has in all: the GPU's, or the machine's RAM (a container's limit if lower).
+
+    ``None`` when unknown. The total, not what is free now: a request above it can never
+    succeed, so commands refuse it before any work.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    for limit_file in _CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total
+
+
+def format_bytes(count: float) -> str:
+    """``1.2 GB``-style text for a byte count (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
 
 
 def synchronize(device: torch.device) -> None:

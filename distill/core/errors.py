@@ -8,6 +8,8 @@ only the command-line layer prints them and exits.
 
 from __future__ import annotations
 
+import re
+
 
 class DistillError(Exception):
     """Base of every error this toolkit raises on purpose; its message is one line for a user."""
@@ -57,3 +59,25 @@ def one_line(error: BaseException, *, limit: int | None = None, first_line: bool
     if limit is not None and len(text) > limit:
         text = text[:limit] + " ..."
     return text
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_WEIGHTS_ONLY_REASON = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use `torch\.serialization|$)", re.S)
+
+
+def load_error_reason(error: BaseException, *, limit: int = 300, first_line: bool = False) -> str:
+    """Why ``torch.load`` (or a loader built on it) refused a file, on one line, without torch's advice.
+
+    A ``weights_only`` refusal says the file "can still be loaded" by re-running with
+    ``weights_only=False``: advice to run code from a model file, which this toolkit
+    never gives. Only the refusal's reason is kept (e.g. "Unsupported global: GLOBAL
+    builtins.print ..."), as "pickled Python objects, not only tensors (...)". Any other
+    error is :func:`one_line` of it (``first_line`` and ``limit`` as there).
+    """
+    text = _ANSI_ESCAPE.sub("", str(error))
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        match = _WEIGHTS_ONLY_REASON.search(text)
+        detail = " ".join(match.group(1).split()) if match else ""
+        detail = detail[:limit] + " ..." if len(detail) > limit else detail
+        return "pickled Python objects, not only tensors" + (f" ({detail})" if detail else "")
+    return one_line(Exception(text), first_line=first_line, limit=limit)

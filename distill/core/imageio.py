@@ -30,6 +30,9 @@ from distill.core.files import atomic_path
 #: 40 MP photos must pass; 2x headroom covers large panoramas.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+#: Suffix -> the format :func:`save_image` writes for it.
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
 
@@ -74,6 +77,25 @@ def load_image(
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{path}: truncated or corrupt image ({exc})") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as stored, read from its header only (the pixels are not decoded).
+
+    EXIF orientation is not applied (reading it makes PIL decode some formats); a rotated
+    photo may have its sides swapped, and the same pixel count. Raises
+    :class:`BadImageError` for a missing or unidentifiable file; a file whose header reads
+    but whose pixels are corrupt is only found by :func:`load_image`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{path}: not an image file, or a format that cannot be read ({exc})") from None
+    return height, width
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
@@ -184,7 +206,6 @@ def output_format(path: str | os.PathLike) -> str:
     """The PIL format that :func:`save_image` writes for ``path``'s suffix; :class:`ConfigError` if none."""
     path = Path(path)
     suffix = path.suffix.lower()
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
-    if suffix not in formats:
-        raise ConfigError(f"{path}: unsupported output suffix {suffix!r}; use one of {sorted(formats)}")
-    return formats[suffix]
+    if suffix not in OUTPUT_FORMATS:
+        raise ConfigError(f"{path}: unsupported output suffix {suffix!r}; use one of {sorted(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[suffix]

@@ -167,6 +167,8 @@ def export_model(
     if spec is None:
         raise ExportError("the model has no student_spec; build it with students.create_student()")
     tolerance = TOLERANCES[dtype] if tolerance is None else float(tolerance)
+    if not (math.isfinite(tolerance) and tolerance > 0):  # NaN would fail every check, inf pass any export
+        raise ExportError(f"--tolerance must be a finite number > 0, got {tolerance}")
     stride = int(getattr(model, "stride", 1))
     # Below stride + 1 the deepest feature map can be 1x1, which torch.export specialises.
     min_side = max(int(getattr(model, "min_side", 1)), stride + 1)

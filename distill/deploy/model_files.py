@@ -39,7 +39,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from distill.core.errors import ModelFileError, one_line
+from distill.core.errors import ModelFileError, load_error_reason, one_line
 from students import StudentCheckpointError, read_student_metadata
 from students import load_student as load_checkpoint_model
 
@@ -229,7 +229,7 @@ def load_model(
     except ModelLoadError:
         raise
     except Exception as error:  # a runtime's own error types vary; name the file once
-        raise ModelLoadError(f"{path}: cannot load {kind} model ({type(error).__name__}: {one_line(error, limit=400)})") from error
+        raise ModelLoadError(f"{path}: cannot load {kind} model ({type(error).__name__}: {load_error_reason(error, limit=400)})") from error
 
 
 def read_export_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -256,8 +256,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     """A student checkpoint's model (eval mode, CPU) and metadata (see :func:`students.load_student`).
 
     Raises:
-        ModelLoadError: the file is not a loadable student checkpoint.
+        ModelLoadError: the file is not a loadable student checkpoint (a pickle or an
+            export is named as such).
     """
+    kind = detect_model_kind(path)  # a pickle is refused as one, never unpickled
+    if kind != "checkpoint":
+        raise ModelLoadError(
+            f"{path}: is a {kind} export, not a student checkpoint; give the .safetensors checkpoint it came from"
+        )
     try:
         return load_checkpoint_model(path, device="cpu")
     except StudentCheckpointError as error:
@@ -475,5 +481,5 @@ def _check_pt2_is_pickle_free(path: Path, names: list[str], root: str) -> None:
                     torch.load(io.BytesIO(archive.read(root + name)), weights_only=True)
                 except Exception as error:
                     raise ModelLoadError(
-                        f"{path}: sample inputs {name} are not plain tensors ({one_line(error, limit=400)}); refused"
+                        f"{path}: sample inputs {name} are not plain tensors ({load_error_reason(error)}); refused"
                     ) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -10,12 +12,23 @@ from pathlib import Path
 
 import torch
 
+from distill.core.devices import format_bytes, memory_capacity
 from distill.core.errors import BadImageError, ConfigError
-from distill.core.imageio import list_images, load_image, output_format, save_image
+from distill.core.imageio import DEFAULT_MAX_PIXELS, image_size, list_images, load_image, output_format, save_image
+from distill.core.outputs import same_file
 from distill.deploy.model_files import StyleModel
-from distill.deploy.tiling import DEFAULT_OVERLAP, DEFAULT_PIXEL_BUDGET, DEFAULT_TILE, stylize_tiled
+from distill.deploy.tiling import DEFAULT_OVERLAP, DEFAULT_PIXEL_BUDGET, DEFAULT_TILE, plan_tiles, stylize_tiled
 
 ProgressCallback = Callable[[int, int], None]
+
+#: Memory a student needs per pixel of one model call (inference, float32), by student name.
+#: Measured on the CPU at 512-1024 px: fast 0.36-0.41 kB, johnson 1.1-1.2 kB. Others get the
+#: lowest figure, so that only calls that cannot fit are refused.
+STUDENT_BYTES_PER_PIXEL = {"fast": 360, "johnson": 1100}
+DEFAULT_BYTES_PER_PIXEL = min(STUDENT_BYTES_PER_PIXEL.values())
+#: Host memory per pixel of a whole image while it is stylised: the float32 input and
+#: result (tiles are blended into a float32 canvas) and the 8-bit copy that is encoded.
+IMAGE_BYTES_PER_PIXEL = 3 * 4 * 2 + 3
 
 
 class StylizeInputError(ConfigError):
@@ -48,15 +61,22 @@ def output_paths(input_path: Path, output: Path) -> list[tuple[Path, Path]]:
     if not input_path.exists():
         raise FileNotFoundError(f"{input_path}: no such file or folder")
     if input_path.is_file():
-        if output.suffix and not output.is_dir():
-            try:
-                output_format(output)  # an unsupported suffix fails now, not after the work
-            except ConfigError as error:
-                raise StylizeInputError(str(error)) from None
-            return [(input_path, output)]
-        return [(input_path, output / f"{input_path.stem}.png")]
+        target = output if output.suffix and not output.is_dir() else output / f"{input_path.stem}.png"
+        try:
+            output_format(target)  # an unsupported suffix fails now, not after the work
+        except ConfigError as error:
+            raise StylizeInputError(str(error)) from None
+        if same_file(target, input_path):
+            raise StylizeInputError(
+                f"{target}: is the input image itself; choose another --output (inputs are never overwritten)"
+            )
+        return [(input_path, target)]
     if output.exists() and not output.is_dir():
         raise StylizeInputError(f"{output}: the input is a folder, so the output must be a folder too")
+    if same_file(output, input_path):
+        raise StylizeInputError(
+            f"{output}: is the input folder; choose another --output folder (inputs are never overwritten)"
+        )
     resolved_output = output.resolve()
     images = [
         path for path in list_images(input_path)
@@ -124,6 +144,7 @@ def stylize_path(
             summary.skipped_existing.append(target)
         else:
             todo.append((source, target))
+    check_memory(model, [source for source, _ in todo], batch_size=batch_size, tile=tile, pixel_budget=pixel_budget)
     run = _Run(model, summary, batch_size=batch_size, total=len(todo), progress=progress, log=log)
     for source, target in todo:
         try:
@@ -170,6 +191,61 @@ def _check_settings(model: StyleModel, *, batch_size: int, tile: int | None, ove
                 f"overlap ({overlap}) must be between 0 and half the tile ({aligned // 2}; "
                 f"the tile is rounded down to a multiple of the model's stride, {model.stride})"
             )
+
+
+def check_memory(
+    model: StyleModel, sources: list[Path], *, batch_size: int = 1, tile: int | None = None,
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+) -> None:
+    """:class:`StylizeInputError` for the first image that cannot be stylised in memory as planned.
+
+    Reads only the images' headers. A model call takes a whole image (with up to
+    ``batch_size - 1`` others of its size) when it is at most ``pixel_budget`` pixels and
+    no ``tile`` is given, else one tile; the whole image and its result stay in host
+    memory either way. Unreadable images are left to the run, which reports them.
+    """
+    sizes: dict[Path, tuple[int, int]] = {}
+    for source in sources:
+        with contextlib.suppress(BadImageError):  # unreadable: the run reports it
+            sizes[source] = image_size(source)
+    same_size = collections.Counter(sizes.values())
+    for source, (height, width) in sizes.items():
+        if height * width > DEFAULT_MAX_PIXELS:
+            continue  # refused when read (decompression-bomb guard), with its own reason
+        whole = tile is None and height * width <= pixel_budget
+        problem = _memory_problem(model, height, width, together=min(batch_size, same_size[height, width]) if whole else 1,
+                                  tile=None if whole else tile or DEFAULT_TILE)
+        if problem is not None:
+            raise StylizeInputError(f"{source}: {problem}")
+
+
+def _memory_problem(model: StyleModel, height: int, width: int, *, together: int, tile: int | None) -> str | None:
+    """Why stylising one image (whole, ``together`` per call, or in tiles of ``tile`` px) cannot fit in memory, or ``None``."""
+    per_pixel = STUDENT_BYTES_PER_PIXEL.get(model.metadata.get("student", {}).get("name"), DEFAULT_BYTES_PER_PIXEL)
+    if model.dtype != "fp32":
+        per_pixel //= 2
+    if tile is None:
+        call = height * width * together * per_pixel
+        advice = "pass --tile 1024 to stylise in tiles" + (" or a smaller --batch-size" if together > 1 else " (or lower --pixel-budget)")
+    else:
+        call = plan_tiles(height, width, tile=tile, overlap=0, align=model.stride).max_tile_pixels * per_pixel
+        advice = "use a smaller --tile"
+    image = height * width * IMAGE_BYTES_PER_PIXEL
+    host_capacity = memory_capacity("cpu")
+    if host_capacity is not None and image > host_capacity:
+        needed, capacity, where, advice = image, host_capacity, "cpu", "it is too large for this machine even in tiles"
+    elif model.device.type == "cpu":
+        needed, capacity, where = call + image, host_capacity, "cpu"
+    else:
+        needed, capacity, where = call, memory_capacity(model.device), model.device.type
+    if capacity is None or needed <= capacity:
+        return None
+    how = "in one piece" if tile is None else f"in tiles of {tile} px"
+    how += f", {together} images per call (--batch-size)" if together > 1 else ""
+    return (
+        f"stylising {width}x{height} px {how} needs about {format_bytes(needed)}, more than the "
+        f"{format_bytes(capacity)} of memory on {where}; {advice}"
+    )
 
 
 def _read_input(source: Path, *, min_side: int) -> torch.Tensor:

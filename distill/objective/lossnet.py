@@ -19,13 +19,14 @@ import huggingface_hub
 import huggingface_hub.constants
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from distill.core.devices import isolated_rng
-from distill.core.errors import ConfigError, UnavailableError, one_line
-from distill.core.files import atomic_path
+from distill.core.errors import ConfigError, UnavailableError, load_error_reason, one_line
+from distill.core.files import write_bytes_atomic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -270,10 +271,8 @@ def save_loss_network_weights(network: LossNetwork, path: str | os.PathLike) -> 
     or shallower taps.
     """
     state = {k: v.detach().cpu().contiguous() for k, v in network.extractor.model.state_dict().items()}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"backbone": network.backbone})
-    return path
+    # In memory, then the one atomic writer: safetensors' save_file makes owner-only (0600) files.
+    return write_bytes_atomic(path, save_safetensors(state, metadata={"backbone": network.backbone}))
 
 
 def _create_backbone(backbone: str, *, weights: str, seed: int) -> tuple[nn.Module, str, set[str] | None]:
@@ -350,7 +349,10 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsFileError(f"{path}: not a readable weights file ({type(exc).__name__}: {one_line(exc, first_line=True, limit=200)})") from None
+        raise WeightsFileError(
+            f"{path}: not a readable weights file ({type(exc).__name__}: {load_error_reason(exc, limit=200, first_line=True)}); "
+            "use a .safetensors file or a torch file of plain tensors"
+        ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -21,8 +21,30 @@ from distill.core.files import write_text_atomic
 from distill.core.imageio import save_image
 from distill.report.aggregate import json_safe
 from distill.report.figures import COLUMNS, make_grid, plot_tsne_scatter, plot_tsne_thumbnails, save_pil
-from distill.report.options import FidelityResult
+from distill.report.options import REPORT_FORMAT, FidelityResult
 from distill.report.page import render_html
+
+
+#: What a report folder holds besides temporary files: the names :func:`write_report` writes.
+REPORT_NAMES = frozenset({"report.json", "index.html", "grid.png", "tsne.png", "tsne_scatter.png", "images"})
+
+
+def is_report_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only a fidelity report's files (an earlier report, perhaps unfinished), so it may be rewritten.
+
+    Its report.json, if there, must say it is a fidelity report; any other file means the
+    folder is someone else's.
+    """
+    folder = Path(folder)
+    names = {path.name for path in folder.iterdir() if not (path.name.startswith(".") and ".tmp." in path.name)}
+    if not names <= REPORT_NAMES:
+        return False
+    if "report.json" not in names:
+        return True
+    try:
+        return json.loads((folder / "report.json").read_text(encoding="utf-8")).get("format") == REPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_report(result: FidelityResult, out_dir: str | Path) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from teachers import gatys
 from teachers.gatys import TeacherConfig
 
 #: Contents with a side shorter than this (as given, or at the teacher's size) are skipped:
-#: the deepest VGG style taps would have (almost) no pixels left.
-MIN_SIDE = 16
+#: the teacher's own minimum (see :data:`teachers.gatys.MIN_SIDE`).
+MIN_SIDE = gatys.MIN_SIDE
 #: Temporary files older than this are leftovers of killed writers (a live writer's exist
 #: for the milliseconds of one PNG write) and are removed on start.
 STALE_TEMP_SECONDS = 600
@@ -213,9 +213,9 @@ def generate_targets(
     started = time.perf_counter()
     log = log or _silent
     teacher_config = teacher_config.resolved()  # the store records what ran, not "auto"
-    device = _check_run_settings(teacher_config, batch_size=batch_size, shard=shard, device=device)
-    style_paths = _check_styles(style_paths, teacher_config)
-    files = _content_files(content_dir, store_root, limit=limit)
+    device, style_paths, files = _checked_inputs(
+        teacher_config, content_dir, style_paths, store_root, batch_size=batch_size, shard=shard, device=device, limit=limit
+    )
 
     store, config_hash = TargetStore.open_or_create(store_root, teacher_config=teacher_config, style_paths=style_paths)
     weights = teacher_config.criterion.weights
@@ -282,10 +282,38 @@ def _silent(message: str) -> None:
     """The default ``log``: the library prints nothing."""
 
 
-def _check_run_settings(config: TeacherConfig, *, batch_size: int, shard: tuple[int, int], device: str) -> str:
+def _checked_inputs(
+    config: TeacherConfig,
+    content_dir: str | os.PathLike,
+    style_paths: Sequence[str | os.PathLike],
+    store_root: str | os.PathLike,
+    *,
+    batch_size: int,
+    shard: tuple[int, int],
+    device: str,
+    limit: int | None,
+) -> tuple[str, list[Path], list[Path]]:
+    """Every check before any work: (device, style files, content files), or :class:`GenerationInputError`."""
+    device = _check_run_settings(config, batch_size=batch_size, shard=shard, device=device, limit=limit)
+    style_paths, style_sizes = _check_styles(style_paths, config)
+    files = _content_files(content_dir, store_root, limit=limit)
+    # Contents differ in shape: the largest result is a square of --size, in batches of at most the file count.
+    try:
+        gatys.check_memory(config, (config.size, config.size), device=device, batch=min(batch_size, len(files)),
+                           styles=style_sizes, what="result (a square content)")
+    except gatys.TeacherInputError as exc:
+        raise GenerationInputError(str(exc)) from None
+    return device, style_paths, files
+
+
+def _check_run_settings(
+    config: TeacherConfig, *, batch_size: int, shard: tuple[int, int], device: str, limit: int | None
+) -> str:
     """Refuse bad settings before any file is read; returns the device to run on (as recorded in the manifest)."""
     if batch_size < 1:
         raise GenerationInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise GenerationInputError(f"--limit must be at least 1 (the number of content files to use), got {limit}")
     shard_index, shard_count = shard
     if shard_count < 1 or not 0 <= shard_index < shard_count:
         raise GenerationInputError(f"shard {shard_index}/{shard_count}: need 0 <= i < n")
@@ -306,20 +334,23 @@ def _check_run_settings(config: TeacherConfig, *, batch_size: int, shard: tuple[
     return resolved
 
 
-def _check_styles(style_paths: Sequence[str | os.PathLike], config: TeacherConfig) -> list[Path]:
-    """The style files as paths; a bad style must stop the run before anything is read or written."""
+def _check_styles(
+    style_paths: Sequence[str | os.PathLike], config: TeacherConfig
+) -> tuple[list[Path], list[tuple[int, int]]]:
+    """The style files as paths, and their (H, W); a bad style must stop the run before anything is read or written."""
     paths = [Path(p) for p in style_paths]
     if not paths:
         raise GenerationInputError("at least one --style image is needed")
+    sizes = []
     for path in paths:
         try:
-            load_image(path)
+            sizes.append(tuple(load_image(path).shape[-2:]))
         except BadImageError as exc:
             raise GenerationInputError(f"style image {exc}") from None
     blend = config.criterion.style_blend
     if blend is not None and len(blend) != len(paths):
         raise GenerationInputError(f"{len(paths)} style image(s) but {len(blend)} --style-weights")
-    return paths
+    return paths, sizes
 
 
 def _content_files(content_dir: str | os.PathLike, store_root: str | os.PathLike, *, limit: int | None) -> list[Path]:
@@ -416,6 +447,8 @@ class _Run:
     def close(self) -> None:
         self.writer.close()
         self.locks.release_all()
+        with contextlib.suppress(OSError):  # other writers' locks are still there
+            (self.store.root / "locks").rmdir()
 
     @property
     def criterion(self) -> StyleCriterion:
@@ -466,16 +499,10 @@ class _Run:
             image = load_image(item.path)
         except BadImageError as exc:
             raise _Skip(str(exc).removeprefix(f"{item.path}: ")) from None
-        height, width = image.shape[-2:]
-        if min(height, width) < MIN_SIDE:
-            raise _Skip(f"too small ({width}x{height} px; every side needs at least {MIN_SIDE} px)")
-        image = resize_image(image, long_side=self.config.size)
-        if min(image.shape[-2:]) < MIN_SIDE:
-            raise _Skip(
-                f"too elongated ({width}x{height} px becomes {image.shape[-1]}x{image.shape[-2]} at size "
-                f"{self.config.size}; every side needs at least {MIN_SIDE} px)"
-            )
-        image = quantize_8bit(image)
+        problem = gatys.content_size_problem(*image.shape[-2:], self.config.size)
+        if problem is not None:
+            raise _Skip(problem)
+        image = quantize_8bit(resize_image(image, long_side=self.config.size))
         save_image(image, copy)
         return image
 

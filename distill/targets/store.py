@@ -23,7 +23,8 @@ On-disk layout (all paths below are relative to the store root, so a store can b
     manifest/<config_hash>/<writer>.jsonl       one JSON line per finished target; one file per
                                                 writer process (<writer> = <shard>-<pid>-<uuid>)
     locks/<config_hash>/<content_hash>.lock     empty files for advisory locks (fcntl.flock) that keep
-                                                two overlapping writers off the same target
+                                                two overlapping writers off the same target; each
+                                                exists only while its target is being computed
 
 Hashes: ``content_hash`` and ``style_hash`` are the SHA-256 of the original file bytes;
 ``config_hash = sha256_json({"teacher": to_dict(config), "styles": style_hashes})``, where a
