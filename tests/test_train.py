@@ -252,7 +252,7 @@ def test_resume_continues_exactly(store, store_root, tmp_path):
     resumed = train(config, run, store=store, resume=True, progress=False)
     assert [r["step"] for r in resumed.history] == [4, 5, 6]
     for a, b in zip(straight.history[3:], resumed.history):
-        for name in ("objective", "content", "style", "tv", "distill_feature", "lr"):
+        for name in ("objective", "content", "style", "tv", "distill", "lr"):
             assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-8), (a["step"], name)
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5, 6]
     assert resumed.best == straight.best
@@ -388,7 +388,7 @@ def test_ddp_two_processes_match_one(store, store_root, tmp_path):
     ddp = records(run)
     assert [r["step"] for r in ddp] == [1, 2]
     for a, b in zip(single.history, ddp):
-        for name in ("objective", "content", "style", "tv", "distill_feature"):
+        for name in ("objective", "content", "style", "tv", "distill"):
             assert b[name] == pytest.approx(a[name], rel=1e-4), (a["step"], name)
     # Outputs, not weights: a conv bias feeding an InstanceNorm has a zero gradient up to float
     # noise, which Adam's normalisation turns into lr-sized steps without changing the output.
