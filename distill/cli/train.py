@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from distill.cli.console import ProgressBar, process_settings, write_line
 from distill.core.config import yaml_value
-from distill.core.errors import DistillError
+from distill.core.errors import DistillError, one_line
 from distill.train.config import resolve_config
 from distill.train.distributed import process_group
 from distill.train.loop import NonFiniteLossError, train
@@ -87,10 +87,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             result = train(config, args.out, resume=args.resume, log=_log_line,
                            progress=None if args.no_progress else bar.update_to)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 3
-    except (DistillError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DistillError, ValueError, TypeError, OSError, RuntimeError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     if result.step and result.best is not None:
         print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from distill.core.config import check_fields, from_dict, load_yaml, replace, to_dict
 from distill.core.errors import ConfigError
-from distill.train.runfiles import checkpoint_paths
+from distill.train.runfiles import MissingRunError, load_resume_state
 from students import list_students
 
 DISTILL_KINDS = ("pixel_l1", "pixel_l2", "ssim", "feature")
@@ -210,12 +208,12 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    state_path = checkpoint_paths(run_dir)["state"]
-    if state_path.exists():
-        return _without_legacy_fields(torch.load(state_path, map_location="cpu", weights_only=True)["config"])
-    if (run_dir / "config.yaml").exists():
-        return _without_legacy_fields(load_yaml(run_dir / "config.yaml"))
-    return None
+    """The config of the state the run resumes from (see :func:`load_resume_state`); None when it has none."""
+    try:
+        state = load_resume_state(run_dir, check_config=saved_train_config).state
+    except MissingRunError:
+        return None  # resuming then stops with this error, before any work
+    return _without_legacy_fields(state["config"])
 
 
 def _without_legacy_fields(data: Mapping[str, Any]) -> dict[str, Any]:

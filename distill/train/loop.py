@@ -31,18 +31,29 @@ from torch import nn
 
 from distill.core.config import to_dict
 from distill.core.devices import isolated_rng, resolve_device, synchronize
-from distill.core.errors import ConfigError, DistillError, NumericalError, StoreError
+from distill.core.errors import ConfigError, NumericalError, StoreError, one_line
 from distill.core.files import write_text_atomic
 from distill.objective.criterion import StyleCriterion
 from distill.objective.lossnet import is_random_weights
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
-from distill.train.config import TrainConfig, check_resume_compatible, lr_at
+from distill.train.config import TrainConfig, check_resume_compatible, lr_at, saved_train_config
 from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, open_store, target_pairs
 from distill.train.distributed import DistInfo, all_mean, barrier, wrap
 from distill.train.evaluate import evaluate, sample_grid
 from distill.train.objective import backward_step, forward_objective
-from distill.train.runfiles import RunFiles, checkpoint_paths, save_state, set_rng_state, yaml_text
+from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsError: this module's API, as before
+    MissingRunError,
+    ResumeState,
+    RunExistsError,
+    RunFiles,
+    RunStateError,
+    checkpoint_paths,
+    load_resume_state,
+    save_state,
+    set_rng_state,
+    yaml_text,
+)
 from students import create_student
 from students.checkpoint import save_student
 
@@ -76,14 +87,6 @@ class NonFiniteLossError(NumericalError):
         self.last_checkpoint_step = last_checkpoint_step
 
 
-class RunExistsError(DistillError, FileExistsError):
-    """The run folder already holds a run, and resuming it was not asked for."""
-
-
-class MissingRunError(DistillError, FileNotFoundError):
-    """Resuming was asked for, but the run folder holds no resumable state."""
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns (on every rank; files are written by rank 0 only)."""
@@ -108,7 +111,8 @@ def train(
 ) -> TrainResult:
     """Train ``config.student`` on the store ``config.targets``; write RUN_DIR (see :mod:`distill.train.runfiles`).
 
-    ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``.
+    ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``
+    (from previous_state.pt, with a warning, when last_state.pt is missing or unreadable).
     ``store``: an already opened target store (default: ``TargetStore(config.targets)``).
     ``log`` and ``progress``: see :data:`LogCallback` and :data:`ProgressCallback`; None
     (or False) reports nothing. Inside a process group (the command line joins one under
@@ -121,14 +125,17 @@ def train(
     """
     run_dir = Path(run_dir)
     dist_info = DistInfo.current()
+    log = (log or _silent) if dist_info.main else _silent
     device = _device(config.device, dist_info)
-    state = _open_run(run_dir, config, resume=resume)
+    resumed = _open_run(run_dir, config, resume=resume)
+    if resumed is not None and resumed.warning:
+        log(resumed.warning)
     data = _prepare_data(store, config, device)
     with isolated_rng(config.seed):
-        model = _build_student(config, data.criterion, device, state)
-        loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info,
-                     log=(log or _silent) if dist_info.main else _silent,
-                     progress=(progress or None) if dist_info.main else None)
+        model = _build_student(config, data.criterion, device, resumed)
+        loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
+                     progress=(progress or None) if dist_info.main else None,
+                     keep_previous_state=resumed is None or resumed.warning is None)
         try:
             loop.run()
         finally:
@@ -181,18 +188,16 @@ def _device(name: str, dist_info: DistInfo) -> torch.device:
     return device
 
 
-def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> dict[str, Any] | None:
+def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> ResumeState | None:
     """The saved state of the run to resume (None for a new run), checked against ``config``."""
-    state_path = checkpoint_paths(run_dir)["state"]
-    if resume:
-        if not state_path.exists():
-            raise MissingRunError(f"--resume: {state_path} does not exist; nothing to resume")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        check_resume_compatible(state["config"], config)
-        return state
-    if state_path.exists():
-        raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
-    return None
+    if not resume:
+        paths = checkpoint_paths(run_dir)
+        if paths["state"].exists() or paths["previous_state"].exists():
+            raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
+        return None
+    resumed = load_resume_state(run_dir, check_config=saved_train_config)
+    check_resume_compatible(resumed.state["config"], config)
+    return resumed
 
 
 def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.device) -> _Data:
@@ -229,8 +234,8 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
 
 
 def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch.device,
-                   state: dict[str, Any] | None) -> _Model:
-    """The student, its optimiser and loss scaler; with ``state``, as the saved run left them (random state too)."""
+                   resumed: ResumeState | None) -> _Model:
+    """The student, its optimiser and loss scaler; with ``resumed``, as the saved run left them (random state too)."""
     # A colour-preserving teacher's student carries the chroma transfer inside the model.
     student = create_student(config.student, preserve_color=bool(criterion.luminance_only), **config.student_kwargs)
     student = student.to(device)
@@ -238,15 +243,22 @@ def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch
         student = student.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     model = _Model(student, optimizer, torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
-    if state is not None:
-        student.load_state_dict(state["model"])
-        _apply_freeze(student, config, state["step"] + 1)
-        optimizer.load_state_dict(state["optimizer"])
-        model.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+    if resumed is not None:
+        state = resumed.state
+        try:
+            student.load_state_dict(state["model"])
+            _apply_freeze(student, config, state["step"] + 1)
+            optimizer.load_state_dict(state["optimizer"])
+            model.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            model.best = dict(state["best"]) or None
+            model.latest_eval = dict(state.get("latest_eval", {})) or None
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise RunStateError(
+                f"{resumed.path}: does not fit the run's {config.student} student "
+                f"({one_line(error, first_line=True, limit=200)})"
+            ) from None
         model.start_step, model.resumed = int(state["step"]), True
-        model.best = dict(state["best"]) or None
-        model.latest_eval = dict(state.get("latest_eval", {})) or None
     student.train()
     return model
 
@@ -298,7 +310,8 @@ class _Loop:
     """One invocation's steps, from the step after the resumed one to ``config.steps``, and what they write."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, data: _Data, model: _Model, *, device: torch.device,
-                 dist_info: DistInfo, log: LogCallback, progress: ProgressCallback | None) -> None:
+                 dist_info: DistInfo, log: LogCallback, progress: ProgressCallback | None,
+                 keep_previous_state: bool = True) -> None:
         self.config, self.data, self.device, self.dist_info = config, data, device, dist_info
         self.student, self.optimizer, self.scaler = model.student, model.optimizer, model.scaler
         self.best, self.latest_eval = model.best, model.latest_eval
@@ -306,6 +319,8 @@ class _Loop:
         self.last_saved_step = model.start_step if model.resumed else None
         self.log, self.progress = log, progress
         self.paths = checkpoint_paths(run_dir)
+        # last_state.pt becomes previous_state.pt at each save, unless it is the unusable file a resume fell back from.
+        self.keep_previous_state = keep_previous_state
         self.history: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []
         self.teacher_cache: dict[int, float] = {}
@@ -401,7 +416,9 @@ class _Loop:
                 extra = {**self.data.extra, "step": step, "kind": "last", "best": self.best, "heldout": self.latest_eval}
                 save_student(self.student, self.paths["last"], extra=extra)
                 save_state(self.paths["state"], self.student, self.optimizer, self.scaler, config, step, self.best, lr,
-                           self.latest_eval)
+                           self.latest_eval,
+                           keep_previous=self.paths["previous_state"] if self.keep_previous_state else None)
+                self.keep_previous_state = True
             self.last_saved_step = step
             barrier(self.dist_info)
 
