@@ -202,6 +202,64 @@ def test_both_states_broken_is_one_line_naming_both(saved_runs, command, tmp_pat
     assert not marker.exists() and snapshot(run) == before
 
 
+# --------------------------------------------------------------------------- 4. target hashes, torn manifests
+
+
+def corrupted_store(store, store_root: Path, tmp_path: Path) -> SharedCriterionStore:
+    """A copy of the store whose target files were changed after generation (one pixel each)."""
+    root = tmp_path / "store"
+    shutil.copytree(store_root, root)
+    for target in sorted((root / "targets").rglob("*.png")):
+        array = np.array(Image.open(target))
+        array[0, 0, 0] ^= 1
+        Image.fromarray(array).save(target)
+    copy = SharedCriterionStore(TargetStore(root))
+    copy._cache = store._cache  # the same teacher config: reuse the built criterion
+    return copy
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_target_changed_after_generation_is_refused(num_workers, store, store_root, tmp_path):
+    bad = corrupted_store(store, store_root, tmp_path)
+    config = tiny(bad.root, steps=2, num_workers=num_workers)
+    with pytest.raises(Exception) as caught:
+        train(config, tmp_path / "run", store=bad, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "differs from the store's manifest" in message, message
+    assert str(bad.root / "targets") in message and "--verify" in message
+
+
+def test_each_file_is_hashed_once(store, monkeypatch):
+    calls: list[Path] = []
+    original = pairs_module.sha256_file
+    monkeypatch.setattr(pairs_module, "sha256_file", lambda path: calls.append(Path(path)) or original(path))
+    pairs = TargetPairs(store, split="all", verify=True)
+    for _ in range(3):
+        for i in range(len(pairs)):
+            pairs[i]
+    assert len(calls) == len(set(calls)) == 2 * len(pairs)  # a content image and a target per entry, once each
+    unchecked = TargetPairs(store, split="all")
+    calls.clear()
+    unchecked[0]
+    assert calls == []  # other readers of the store do not pay for it
+
+
+def test_torn_manifest_lines_are_reported_in_one_line(store, store_root, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(store_root, root)
+    manifest = sorted((root / "manifest").rglob("*.jsonl"))[0]
+    with open(manifest, "a", encoding="utf-8") as handle:
+        handle.write('{"v": 1, "key": "torn\n{"v": 1, "ke')  # a line cut short, then a writer killed mid-line
+    copy = SharedCriterionStore(TargetStore(root))
+    copy._cache = store._cache
+    lines: list[str] = []
+    result = train(tiny(root, steps=1), tmp_path / "run", store=copy, progress=False, log=lines.append)
+    assert result.step == 1
+    torn = [line for line in lines if "torn" in line]
+    assert len(torn) == 1 and torn[0].startswith("WARNING: 2 torn manifest line(s)"), lines
+    assert f"2 in {manifest}" in torn[0] and "--verify" in torn[0]
+
+
 # --------------------------------------------------------------------------- fault injection: SIGKILL, then --resume
 
 #: Run the command in this process after arranging for it to SIGKILL itself at one moment:

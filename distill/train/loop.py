@@ -38,7 +38,7 @@ from distill.objective.lossnet import is_random_weights
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
 from distill.train.config import TrainConfig, check_resume_compatible, lr_at, saved_train_config
-from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, open_store, target_pairs
+from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, collate_or_error, open_store, target_pairs
 from distill.train.distributed import DistInfo, all_mean, barrier, wrap
 from distill.train.evaluate import evaluate, sample_grid
 from distill.train.objective import backward_step, forward_objective
@@ -284,6 +284,7 @@ def _make_loader(config: TrainConfig, pairs: TargetPairs, *, start_step: int, di
             rank=dist_info.rank, world_size=dist_info.world_size,
         ),
         num_workers=config.num_workers,
+        collate_fn=collate_or_error,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
         persistent_workers=False,
@@ -304,6 +305,11 @@ def _announce(log: LogCallback, config: TrainConfig, data: _Data, *, start_step:
             "VGG-19 features (recorded in the checkpoint metadata).")
     if data.eval_split != "heldout":
         log("WARNING: the store has no held-out targets; best.safetensors is chosen on training targets.")
+    torn = data.train_pairs.torn_manifest_lines
+    if torn:
+        where = ", ".join(f"{count} in {path}" for path, count in sorted(torn.items()))
+        log(f"WARNING: {sum(torn.values())} torn manifest line(s) ignored ({where}): a target generator was killed "
+            "mid-line or is still writing; those targets are left out. Run generate_targets.py --verify on the store.")
 
 
 class _Loop:
@@ -341,7 +347,10 @@ class _Loop:
 
     def run(self) -> None:
         config = self.config
-        for step, (content, target) in zip(range(self.start_step + 1, config.steps + 1), self.loader):
+        for step, batch in zip(range(self.start_step + 1, config.steps + 1), self.loader):
+            if isinstance(batch, Exception):
+                raise batch  # a target that could not be read (see collate_or_error)
+            content, target = batch
             if _apply_freeze(self.student, config, step):
                 # DDP only tracks the parameters that are trainable when it wraps the student.
                 self.model = wrap(self.student, config, self.dist_info, self.device)
