@@ -202,6 +202,72 @@ def test_both_states_broken_is_one_line_naming_both(saved_runs, command, tmp_pat
     assert not marker.exists() and snapshot(run) == before
 
 
+# --------------------------------------------------------------------------- 3. --out that is not a run
+
+
+@pytest.mark.parametrize("what", ["user_files", "foreign_config", "a_file"])
+def test_new_run_refuses_a_folder_that_is_not_a_run_before_any_work(what, store_root, command, monkeypatch, tmp_path):
+    out_dir = tmp_path / "out"
+    if what == "a_file":
+        out_dir.write_text("not a folder\n")
+    else:
+        out_dir.mkdir()
+        if what == "user_files":
+            (out_dir / "holiday.jpg").write_bytes(b"\xff\xd8 my photo")
+            (out_dir / "checkpoints").mkdir()
+        else:  # a user's own settings file, not one a run wrote
+            (out_dir / "config.yaml").write_text("# my settings\nlr: 1e-3\n")
+    before = snapshot(out_dir)
+
+    def no_work(path):
+        raise AssertionError("the store was opened before the run folder was checked")
+
+    monkeypatch.setattr(loop_module, "open_store", no_work)
+    code, out, err = command("--targets", store_root, "--out", out_dir, "--steps", "1", *TINY_ARGS)
+    line = one_error_line(err)
+    assert code == 1 and str(out_dir) in line, line
+    assert ("is a file" in line) if what == "a_file" else ("not a training run" in line and "empty or new folder" in line)
+    assert snapshot(out_dir) == before
+
+
+def test_new_run_accepts_a_run_folder_that_never_saved_a_state(saved_runs, store_root, command, tmp_path):
+    """A run killed before its first checkpoint leaves config.yaml, metrics and logs: starting again there is fine."""
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs["one"], run)
+    for state in (run / "checkpoints").glob("*_state.pt"):
+        state.unlink()
+    code, out, err = command("--targets", store_root, "--out", run, "--steps", "1", *TINY_ARGS)
+    assert code == 0, err
+    code, out, err = command("--targets", store_root, "--out", run, "--steps", "1", *TINY_ARGS)
+    assert code == 1 and "--resume" in one_error_line(err)  # now it holds a run
+
+
+# --------------------------------------------------------------------------- 3. early failures leave nothing
+
+
+@pytest.mark.parametrize("where", ["new_nested", "existing_empty"])
+def test_a_run_that_fails_early_leaves_no_half_made_folder(where, store, store_root, command, monkeypatch, tmp_path):
+    parent = tmp_path / "runs"
+    out_dir = parent / "a" / "b" / "run" if where == "new_nested" else parent / "run"
+    if where == "existing_empty":
+        out_dir.mkdir(parents=True)
+    # A bad store and a bad setting stop the run before anything is made.
+    code, _, err = command("--targets", tmp_path / "no_store", "--out", out_dir, "--steps", "1", *TINY_ARGS)
+    assert code == 1 and "no_store" in one_error_line(err)
+    code, _, err = command("--targets", store_root, "--out", out_dir, "--steps", "1", *TINY_ARGS, "--set", "lr=fast")
+    assert code == 1 and "'lr'" in one_error_line(err)
+    # A changed target is found when step 1 reads it, after the run folder was made: it is removed again.
+    bad = corrupted_store(store, store_root, tmp_path)
+    monkeypatch.setattr(loop_module, "open_store", lambda path: bad)
+    code, out, err = command("--targets", bad.root, "--out", out_dir, "--steps", "2", *TINY_ARGS)
+    line = one_error_line(err)
+    assert code == 1 and str(bad.root / "targets") in line and "generate_targets.py --verify" in line, line
+    if where == "new_nested":
+        assert not parent.exists()  # every folder this run made is gone
+    else:
+        assert out_dir.is_dir() and not any(out_dir.iterdir())  # the user's folder stays, empty
+
+
 # --------------------------------------------------------------------------- 4. target hashes, torn manifests
 
 
@@ -227,6 +293,7 @@ def test_a_target_changed_after_generation_is_refused(num_workers, store, store_
     message = str(caught.value)
     assert "\n" not in message and "differs from the store's manifest" in message, message
     assert str(bad.root / "targets") in message and "--verify" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_each_file_is_hashed_once(store, monkeypatch):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,11 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = min(1.0, max(0.0, (step - config.warmup_steps) / max(1, horizon - config.warmup_steps)))
     ratio = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * ratio
+
+
+def is_saved_config(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is a config that a run saved (RUN_DIR/config.yaml): every TrainConfig field and nothing else."""
+    return set(data) - LEGACY_FIELDS == {f.name for f in fields(TrainConfig)}
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from distill.objective.criterion import StyleCriterion
 from distill.objective.lossnet import is_random_weights
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
-from distill.train.config import TrainConfig, check_resume_compatible, lr_at, saved_train_config
+from distill.train.config import TrainConfig, check_resume_compatible, is_saved_config, lr_at, saved_train_config
 from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, collate_or_error, open_store, target_pairs
 from distill.train.distributed import DistInfo, all_mean, barrier, wrap
 from distill.train.evaluate import evaluate, sample_grid
@@ -47,7 +47,9 @@ from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsE
     ResumeState,
     RunExistsError,
     RunFiles,
+    RunFolderClaim,
     RunStateError,
+    check_run_folder,
     checkpoint_paths,
     load_resume_state,
     save_state,
@@ -113,6 +115,9 @@ def train(
 
     ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``
     (from previous_state.pt, with a warning, when last_state.pt is missing or unreadable).
+    A new run refuses a folder that holds other files or another run
+    (:func:`distill.train.runfiles.check_run_folder`), before any work; a run that fails
+    before its first step is done removes what it created in ``run_dir``.
     ``store``: an already opened target store (default: ``TargetStore(config.targets)``).
     ``log`` and ``progress``: see :data:`LogCallback` and :data:`ProgressCallback`; None
     (or False) reports nothing. Inside a process group (the command line joins one under
@@ -130,16 +135,23 @@ def train(
     resumed = _open_run(run_dir, config, resume=resume)
     if resumed is not None and resumed.warning:
         log(resumed.warning)
-    data = _prepare_data(store, config, device)
-    with isolated_rng(config.seed):
-        model = _build_student(config, data.criterion, device, resumed)
-        loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
-                     progress=(progress or None) if dist_info.main else None,
-                     keep_previous_state=resumed is None or resumed.warning is None)
-        try:
-            loop.run()
-        finally:
-            loop.close()
+    claim = RunFolderClaim(run_dir) if dist_info.main else None
+    loop = None
+    try:
+        data = _prepare_data(store, config, device)
+        with isolated_rng(config.seed):
+            model = _build_student(config, data.criterion, device, resumed)
+            loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
+                         progress=(progress or None) if dist_info.main else None,
+                         keep_previous_state=resumed is None or resumed.warning is None)
+            try:
+                loop.run()
+            finally:
+                loop.close()
+    except BaseException:
+        if claim is not None and (loop is None or loop.step == loop.start_step):
+            claim.undo()  # failed before its first step: leave no half-made run behind
+        raise
     paths = checkpoint_paths(run_dir)
     return TrainResult(
         run_dir=run_dir,
@@ -189,11 +201,12 @@ def _device(name: str, dist_info: DistInfo) -> torch.device:
 
 
 def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> ResumeState | None:
-    """The saved state of the run to resume (None for a new run), checked against ``config``."""
+    """The saved state of the run to resume (None for a new run), checked against ``config``.
+
+    Refuses a folder this run must not write into (see :func:`check_run_folder`).
+    """
+    check_run_folder(run_dir, resume=resume, is_run_config=is_saved_config)
     if not resume:
-        paths = checkpoint_paths(run_dir)
-        if paths["state"].exists() or paths["previous_state"].exists():
-            raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
         return None
     resumed = load_resume_state(run_dir, check_config=saved_train_config)
     check_resume_compatible(resumed.state["config"], config)
@@ -332,17 +345,22 @@ class _Loop:
         self.teacher_cache: dict[int, float] = {}
         self.files = RunFiles(run_dir, start_step=self.start_step) if dist_info.main else None
         self.preview: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.files is not None:
-            write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
-            _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
-            self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
-            self.preview = [
-                (centre_square(data.eval_pairs[i]["content"], config.eval_size),
-                 centre_square(data.eval_pairs[i]["target"], config.eval_size))
-                for i in range(min(config.image_samples, len(data.eval_pairs)))
-            ]
-        self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info, device=device)
-        self.model = wrap(self.student, config, dist_info, device)
+        try:
+            if self.files is not None:
+                write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
+                _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
+                self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
+                self.preview = [
+                    (centre_square(data.eval_pairs[i]["content"], config.eval_size),
+                     centre_square(data.eval_pairs[i]["target"], config.eval_size))
+                    for i in range(min(config.image_samples, len(data.eval_pairs)))
+                ]
+            self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info,
+                                       device=device)
+            self.model = wrap(self.student, config, dist_info, device)
+        except BaseException:
+            self.close()  # the TensorBoard writer's thread must not outlive a run that could not start
+            raise
         self.interval_images, self.interval_start = 0, time.perf_counter()
 
     def run(self) -> None:

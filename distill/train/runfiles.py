@@ -13,16 +13,22 @@ Run directory layout::
                                             when last_state.pt is missing or unreadable
 
 Training states are read with ``torch.load(weights_only=True)``: tensors and plain
-containers only, so a state file can never run code (:func:`load_resume_state`).
+containers only, so a state file can never run code (:func:`load_resume_state`). A new
+run refuses a folder that is not empty and not a run of this toolkit
+(:func:`check_run_folder`), and a run that fails before its first step removes what it
+created (:class:`RunFolderClaim`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import pickle
 import random
 import re
+import shutil
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +58,9 @@ STATE_FORMAT = 1
 ConfigCheck = Callable[[Mapping[str, Any]], Any]
 #: Keys every last_state.pt holds.
 STATE_KEYS = ("format", "step", "model", "optimizer", "scheduler", "scaler", "rng", "best", "config")
+#: What a run folder holds (besides temporary files, ``.<name>.tmp.*``).
+RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", "tensorboard", "samples", RUN_CHECKPOINTS})
+CHECKPOINT_ENTRIES = frozenset({"last.safetensors", "best.safetensors", "last_state.pt", "previous_state.pt"})
 
 
 def checkpoint_paths(run_dir: Path) -> dict[str, Path]:
@@ -74,6 +83,10 @@ class MissingRunError(DistillError, FileNotFoundError):
 
 class RunExistsError(DistillError, FileExistsError):
     """The run folder already holds a run, and resuming it was not asked for."""
+
+
+class RunFolderError(ConfigError):
+    """The run folder is a file, or a folder with someone else's files in it; nothing in it was changed."""
 
 
 @dataclass
@@ -176,6 +189,102 @@ def load_resume_state(run_dir: Path, *, check_config: ConfigCheck | None = None)
     if len(problems) == 1:
         raise RunStateError(f"cannot resume: {problems[0]}; there is no older state ({older.name}) to fall back to")
     raise RunStateError(f"cannot resume: both saved training states are unusable: {problems[0]}; {problems[1]}")
+
+
+def check_run_folder(run_dir: Path, *, resume: bool, is_run_config: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Refuse, before any work, a ``run_dir`` that this run must not write into.
+
+    A new run needs a new or empty folder, or a run folder of this toolkit that never
+    saved a state (a run that died before its first checkpoint); a folder that holds a
+    state needs ``resume`` (:class:`RunExistsError`). Anything else (a file, a folder with
+    other files, a config.yaml whose mapping ``is_run_config`` rejects) is :class:`RunFolderError`.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: is a file, not a run folder; choose a new or empty folder")
+    paths = checkpoint_paths(run_dir)
+    has_state = paths["state"].exists() or paths["previous_state"].exists()
+    if resume or not run_dir.is_dir():
+        return  # resuming needs a saved state (load_resume_state), and never runs into a foreign folder without one
+    if has_state:
+        raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
+    foreign = _foreign_entries(run_dir, is_run_config)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RunFolderError(
+            f"{run_dir}: folder is not empty and is not a training run (it holds {shown}); choose an empty or new folder "
+            "(nothing in it was changed)"
+        )
+
+
+def _foreign_entries(run_dir: Path, is_run_config: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+    """What in ``run_dir`` a run of this toolkit does not write (sorted names; empty for one of our runs)."""
+    foreign = [name for name in sorted(os.listdir(run_dir)) if name not in RUN_ENTRIES and not _is_temp(name)]
+    checkpoints = run_dir / RUN_CHECKPOINTS
+    if checkpoints.is_dir():
+        foreign += [f"{RUN_CHECKPOINTS}/{name}" for name in sorted(os.listdir(checkpoints))
+                    if name not in CHECKPOINT_ENTRIES and not _is_temp(name)]
+    elif checkpoints.exists():
+        foreign.append(RUN_CHECKPOINTS)
+    config_file = run_dir / "config.yaml"
+    if config_file.exists() and not is_run_config(_yaml_mapping(config_file)):
+        foreign.append("a config.yaml that no training run wrote")
+    return foreign
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and ".tmp." in name
+
+
+def _yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a YAML file holds; ``{}`` for anything else (unreadable, not YAML, not a mapping)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class RunFolderClaim:
+    """What of a run folder existed before this run, so that a run that fails early removes only what it created.
+
+    Records the missing folders up to ``run_dir`` and every path inside it; :meth:`undo`
+    removes the paths that were not there (and the folders this run made). Files that
+    were there are left in place.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.created: list[Path] = []  # folders this run will create, run_dir first
+        folder = run_dir
+        while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+            self.created.append(folder)
+            folder = folder.parent
+        self.before: set[Path] = set()
+        if run_dir.is_dir():
+            for root, dirs, files in os.walk(run_dir):
+                self.before.update(Path(root, name) for name in (*dirs, *files))
+
+    def undo(self) -> None:
+        """Remove what appeared since the claim (best effort: never raises)."""
+        if self.created:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            for folder in self.created[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only while empty: another process may have put something there
+            return
+        if not self.run_dir.is_dir():
+            return
+        for root, dirs, files in os.walk(self.run_dir, topdown=False):
+            for name in files:
+                path = Path(root, name)
+                if path not in self.before:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            for name in dirs:
+                path = Path(root, name)
+                if path not in self.before:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
 
 
 class RunFiles:
