@@ -327,6 +327,31 @@ def test_torn_manifest_lines_are_reported_in_one_line(store, store_root, tmp_pat
     assert f"2 in {manifest}" in torn[0] and "--verify" in torn[0]
 
 
+# --------------------------------------------------------------------------- 5. config errors
+
+
+def test_config_errors_name_the_key_the_value_and_the_type(store_root, command, tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 1e-3\nsteps: 1e4\nweight_decay: 5E-5\n")
+    config = resolve_config(config_file=good)
+    assert (config.lr, config.steps, config.weight_decay) == (0.001, 10000, 5e-5) and type(config.steps) is int
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: two\n")
+    out_dir = tmp_path / "run"
+    code, _, err = command("--targets", store_root, "--out", out_dir, "--config", bad)
+    line = one_error_line(err)
+    assert code == 1 and str(bad) in line and "'batch_size': expected int, got 'two' (str)" in line, line
+    code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--steps", "2.5")
+    assert code == 2 and "--steps: expected an integer, got '2.5'" in one_error_line(err)
+    code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--set", "steps=1e4", "--set", "grad_clip=-1")
+    assert code == 1 and "grad_clip must be >= 0, got -1.0" in one_error_line(err)
+    code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--student-kwargs", "{oops")
+    assert code == 2 and "--student-kwargs: not valid JSON" in one_error_line(err)
+    assert not out_dir.exists()
+    args = _load_script().build_parser().parse_args(["--out", "x", "--steps", "1e4", "--lr", "1e-3"])
+    assert (args.steps, args.lr) == (10000, 0.001)
+
+
 # --------------------------------------------------------------------------- fault injection: SIGKILL, then --resume
 
 #: Run the command in this process after arranging for it to SIGKILL itself at one moment:

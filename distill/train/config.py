@@ -127,8 +127,9 @@ def _check_optimisation(config: TrainConfig) -> None:
         raise ConfigError(f"lr must be a finite number > 0, got {config.lr}")
     if not all(0 <= beta < 1 for beta in config.betas):
         raise ConfigError(f"betas must lie in [0, 1), got {config.betas}")
-    if config.warmup_steps < 0 or config.num_workers < 0 or config.grad_clip < 0:
-        raise ConfigError("warmup_steps, num_workers and grad_clip must be >= 0")
+    for name in ("warmup_steps", "num_workers", "grad_clip", "weight_decay"):
+        if not getattr(config, name) >= 0:  # "not >=": NaN is refused too
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     if config.lr_decay_steps is not None and config.lr_decay_steps <= config.warmup_steps:
         raise ConfigError(
             f"lr_decay_steps ({config.lr_decay_steps}) must be greater than warmup_steps ({config.warmup_steps})"
@@ -167,7 +168,12 @@ def resolve_config(
         data = _without_legacy_fields(load_yaml(config_file))
     elif resume and run_dir is not None:
         data = _saved_config(Path(run_dir)) or {}
-    config = from_dict(TrainConfig, data)
+    try:
+        config = from_dict(TrainConfig, data)
+    except ConfigError as error:
+        if config_file is None:
+            raise
+        raise ConfigError(f"{config_file}: {error}") from None
     overrides = dict(overrides or {})  # an explicit None is a value (e.g. config_hash: null)
     if overrides:
         coerced = from_dict(TrainConfig, {**to_dict(config), **overrides})
