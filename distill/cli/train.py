@@ -6,7 +6,9 @@
 
 Settings: TrainConfig defaults, then --config FILE.yaml (or, with --resume, the run's
 saved config), then the options below, then any --set field=value (YAML value).
-Exit codes: 0 done, 1 error, 3 non-finite loss (the last good checkpoint is kept).
+Numbers may be written as 1e-3 or 1e4. Every error is one ``error:`` line on stderr.
+Exit codes: 0 done, 1 error, 2 bad command-line option, 3 non-finite loss (the last good
+checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -19,43 +21,84 @@ from typing import NoReturn
 
 from distill.cli.console import ProgressBar, process_settings, write_line
 from distill.core.config import yaml_value
-from distill.core.errors import DistillError
+from distill.core.errors import ConfigError, DistillError, one_line
 from distill.train.config import resolve_config
 from distill.train.distributed import process_group
 from distill.train.loop import NonFiniteLossError, train
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option as one ``error:`` line (exit 2) instead of the usage and a message."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _count(text: str) -> int:
+    """An integer option; ``1e4`` and ``10000`` are the same number."""
+    try:
+        value = yaml_value(text)
+    except Exception:  # noqa: BLE001 - any text that is not YAML is not a number either
+        value = text
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    """A real-number option (``1e-3``, ``0.001``)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _json_mapping(text: str) -> dict:
+    """A JSON object option (``--student-kwargs``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"num_residual_blocks\": 3}}', got {text!r}")
+    return value
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", help="target store folder (required unless resuming)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, samples")
     p.add_argument("--student", help="registered student name (johnson, fast, timm_encoder, ...)")
-    p.add_argument("--student-kwargs", type=json.loads, help='student options as JSON, e.g. \'{"num_residual_blocks": 3}\'')
+    p.add_argument("--student-kwargs", type=_json_mapping, help='student options as JSON, e.g. \'{"num_residual_blocks": 3}\'')
     p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from checkpoints/last_state.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR from checkpoints/last_state.pt (previous_state.pt when that one is broken)")
     p.add_argument("--config-hash", help="teacher config in the store (prefix ok); default: the only one")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch, split over DDP processes")
+    p.add_argument("--steps", type=_count)
+    p.add_argument("--batch-size", type=_count, help="global batch, split over DDP processes")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--lr-decay-steps", type=int, help="cosine horizon (default: --steps)")
+    p.add_argument("--lr", type=_number)
+    p.add_argument("--warmup-steps", type=_count)
+    p.add_argument("--lr-decay-steps", type=_count, help="cosine horizon (default: --steps)")
     p.add_argument("--schedule", choices=("cosine", "constant"))
-    p.add_argument("--grad-clip", type=float, help="max global gradient norm; 0 = off")
-    p.add_argument("--distill-weight", type=float, help="0 = pure Johnson-style training on the criterion")
+    p.add_argument("--grad-clip", type=_number, help="max global gradient norm; 0 = off")
+    p.add_argument("--distill-weight", type=_number, help="0 = pure Johnson-style training on the criterion")
     p.add_argument("--distill-kind", help="comma-separated: pixel_l1, pixel_l2, ssim, feature")
-    p.add_argument("--crop-size", type=int)
+    p.add_argument("--crop-size", type=_count)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--log-interval", type=int)
-    p.add_argument("--eval-interval", type=int)
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--image-interval", type=int)
-    p.add_argument("--checkpoint-interval", type=int)
-    p.add_argument("--unfreeze-step", type=int, help="timm_encoder: train the encoder from this step on")
+    p.add_argument("--seed", type=_count)
+    p.add_argument("--num-workers", type=_count)
+    p.add_argument("--log-interval", type=_count)
+    p.add_argument("--eval-interval", type=_count)
+    p.add_argument("--eval-size", type=_count)
+    p.add_argument("--image-interval", type=_count)
+    p.add_argument("--checkpoint-interval", type=_count)
+    p.add_argument("--unfreeze-step", type=_count, help="timm_encoder: train the encoder from this step on")
     p.add_argument("--loss-weights", help="loss-network weights override (pretrained, random or a file)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -74,7 +117,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
         overrides[key.strip().replace("-", "_")] = yaml_value(value)
     return overrides
 
@@ -87,10 +130,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             result = train(config, args.out, resume=args.resume, log=_log_line,
                            progress=None if args.no_progress else bar.update_to)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 3
-    except (DistillError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DistillError, ValueError, TypeError, OSError, RuntimeError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     if result.step and result.best is not None:
         print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "

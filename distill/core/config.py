@@ -36,7 +36,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild dataclass ``cls`` from ``data``; absent keys take defaults.
 
     Values are converted to the field types where that is unambiguous (lists to tuples,
-    ints to floats, nested mappings to nested configs). An unknown key or a value of the
+    ints to floats, whole floats such as YAML's ``1e4`` to ints, nested mappings to nested configs). An unknown key or a value of the
     wrong type is a :class:`ConfigError` that names it (``criterion.style_weight`` for a
     nested config).
     """
@@ -47,7 +47,8 @@ def check_fields(config: Any) -> None:
     """Raise :class:`ConfigError` for the first field of ``config`` whose value does not fit its type hint.
 
     Meant for a frozen config's ``__post_init__``. An int stands for a float; a
-    tuple field needs a tuple (a list would make the config unhashable).
+    tuple field needs a tuple (a list would make the config unhashable). (Only
+    :func:`from_dict` turns a whole float such as ``1e4`` into an int.)
     """
     cls = type(config)
     hints = _type_hints(cls)
@@ -168,6 +169,8 @@ def _coerce(hint: Any, value: Any, *, key: str, owner: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is int and type(value) is float and value.is_integer():
+        return int(value)  # "steps: 1e4" in YAML is the float 10000.0
     if hint in (int, bool, str) and type(value) is hint:
         return value
     if hint in (int, float, bool, str):

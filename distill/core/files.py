@@ -16,7 +16,9 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, suffix: str | None = None, keep_previous: str | os.PathLike | None = None
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     The temporary name keeps ``path``'s suffix (or ``suffix``) so that libraries which
@@ -24,6 +26,11 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     file is fsynced, renamed onto ``path`` and the folder fsynced, so the new file
     survives a crash once this returns. On an exception the temporary file is removed
     and ``path`` is left untouched.
+
+    ``keep_previous``: a path in the same folder; the file that ``path`` held (if any) is
+    renamed there once the new file is complete and synced, just before the new file
+    takes its place. A crash leaves the old and new files complete under these two names,
+    or, between the two renames, only the old one under ``keep_previous``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +38,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     try:
         yield tmp_path
         _fsync_file(tmp_path)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except BaseException:

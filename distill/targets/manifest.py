@@ -25,13 +25,14 @@ class ManifestReader:
     Only complete lines (ending in a newline) are consumed, so a line a live writer is
     still appending is picked up by a later :meth:`read_new`. A complete line that does not
     parse, and a final line without its newline in the file of a dead writer, are counted
-    in ``torn_lines`` and ignored.
+    in ``torn_lines`` (and per file in ``torn_files``) and ignored.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._offsets: dict[Path, int] = {}
         self.torn_lines = 0
+        self.torn_files: dict[Path, int] = {}
 
     def read_new(self) -> list[dict[str, Any]]:
         """Records appended since the last call (all records on the first call)."""
@@ -39,8 +40,10 @@ class ManifestReader:
         if not self.folder.is_dir():
             return records
         self.torn_lines = 0
+        self.torn_files = {}
         for path in sorted(self.folder.glob("*.jsonl")):
             offset = self._offsets.get(path, 0)
+            before = self.torn_lines
             try:
                 with open(path, "rb") as handle:
                     handle.seek(offset)
@@ -64,6 +67,8 @@ class ManifestReader:
                 else:
                     self.torn_lines += 1
             self._offsets[path] = offset + end
+            if self.torn_lines > before:
+                self.torn_files[path] = self.torn_lines - before
         return records
 
 

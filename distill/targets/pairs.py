@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from distill.core.errors import ConfigError, StoreError
+from distill.core.errors import BadImageError, ConfigError, StoreError
+from distill.core.files import sha256_file
 from distill.core.imageio import load_image, resize_image
 from distill.targets.store import TargetEntry, TargetStore
 
@@ -23,6 +25,11 @@ class TargetPairs(torch.utils.data.Dataset):
     entries, the entry with the smallest value is held out. ``size``: ``None`` returns the
     images as stored (teacher size); an int resizes both so the long side is ``size``.
 
+    ``verify``: check each target and content file's SHA-256 against its manifest record
+    the first time this dataset reads it (then cached per file), and refuse a file that
+    differs with a :class:`StoreError` that names it. Manifest lines that could not be
+    read are counted per file in :attr:`torn_manifest_lines` (their targets are left out).
+
     ``dataset[i]`` is ``{"content": (3, H, W), "target": (3, H, W), "key": str}``, floats in [0, 1].
     """
 
@@ -36,6 +43,7 @@ class TargetPairs(torch.utils.data.Dataset):
         size: int | None = None,
         config_hash: str | None = None,
         heldout_fraction: float = 0.1,
+        verify: bool = False,
     ) -> None:
         if split not in self.SPLITS:
             raise ConfigError(f"split must be one of {self.SPLITS}, got {split!r}")
@@ -48,7 +56,10 @@ class TargetPairs(torch.utils.data.Dataset):
         self.size = size
         self.config_hash = store.resolve_config(config_hash)
         self.heldout_fraction = heldout_fraction
-        all_entries = store.entries(self.config_hash, traces=False)
+        self.verify = verify
+        self._verified: set[Path] = set()  # files whose SHA-256 matched their record
+        self.torn_manifest_lines: dict[Path, int] = {}
+        all_entries = store.entries(self.config_hash, traces=False, torn_files=self.torn_manifest_lines)
         heldout = heldout_keys(all_entries, heldout_fraction)
         if split == "all":
             self.entries = all_entries
@@ -64,8 +75,8 @@ class TargetPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         entry = self.entries[i]
-        content = load_image(entry.content_image_path)
-        target = load_image(entry.target_path)
+        content = self._load(entry, entry.content_image_path, entry.content_image_sha256, "content image")
+        target = self._load(entry, entry.target_path, entry.target_sha256, "target")
         if content.shape != target.shape:
             raise StoreError(
                 f"{entry.key}: content image {tuple(content.shape)} and target {tuple(target.shape)} differ in shape"
@@ -74,6 +85,28 @@ class TargetPairs(torch.utils.data.Dataset):
             # One call on the stacked pair: both get exactly the same resize.
             content, target = resize_image(torch.stack([content, target]), long_side=self.size).unbind(0)
         return {"content": content, "target": target, "key": entry.key}
+
+    def _load(self, entry: TargetEntry, path: Path, sha256: str, what: str) -> torch.Tensor:
+        """One of ``entry``'s images; with ``verify``, checked against its recorded SHA-256 on the first read."""
+        fix = f"run generate_targets.py --verify --out {self.store.root} to list and fix the store's bad files"
+        try:
+            if self.verify and sha256 and path not in self._verified:
+                try:
+                    actual = sha256_file(path)
+                except OSError:
+                    actual = None  # missing or unreadable: load_image says which
+                if actual is not None and actual != sha256:
+                    raise StoreError(
+                        f"{path}: {what} of {entry.key} differs from the store's manifest (sha256 {actual[:12]}..., "
+                        f"recorded {sha256[:12]}...): changed or damaged after it was generated; {fix}"
+                    )
+                if actual is not None:
+                    self._verified.add(path)
+            return load_image(path)
+        except BadImageError as error:
+            if not self.verify:
+                raise
+            raise StoreError(f"{what} of {entry.key}: {error}; {fix}") from None
 
 
 def split_value(content_hash: str) -> float:

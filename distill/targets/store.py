@@ -356,19 +356,24 @@ class TargetStore:
 
     # ------------------------------------------------------------------ entries
 
-    def entries(self, config_hash: str | None = None, *, traces: bool = True) -> list[TargetEntry]:
+    def entries(
+        self, config_hash: str | None = None, *, traces: bool = True, torn_files: dict[Path, int] | None = None
+    ) -> list[TargetEntry]:
         """Finished entries of ``config_hash``, one per content (the latest record wins), sorted by content hash.
 
         ``traces=False`` leaves ``TargetEntry.trace`` empty instead of reading one small
         file per entry (what :class:`distill.targets.pairs.TargetPairs` does). An entry whose files were
         deleted
         afterwards is still listed (with an empty trace if that was lost); :meth:`verify` finds it.
+        ``torn_files``: if given, receives the number of torn (ignored) lines per manifest file.
         """
-        return self._entries(self.resolve_config(config_hash), torn=None, traces=traces)
+        return self._entries(self.resolve_config(config_hash), torn=None, traces=traces, torn_files=torn_files)
 
-    def _entries(self, config_hash: str, *, torn: list[int] | None, traces: bool = True) -> list[TargetEntry]:
+    def _entries(
+        self, config_hash: str, *, torn: list[int] | None, traces: bool = True, torn_files: dict[Path, int] | None = None
+    ) -> list[TargetEntry]:
         latest: dict[str, dict[str, Any]] = {}
-        for record in self.read_manifest(config_hash, torn=torn):
+        for record in self.read_manifest(config_hash, torn=torn, torn_files=torn_files):
             previous = latest.get(record["key"])
             # A target recomputed after its file was lost has a newer record.
             if previous is None or record.get("created", 0.0) >= previous.get("created", 0.0):
@@ -376,15 +381,20 @@ class TargetStore:
         entries = [self._entry(record, traces=traces) for record in latest.values()]
         return sorted(entries, key=lambda e: e.content_hash)
 
-    def read_manifest(self, config_hash: str, *, torn: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    def read_manifest(
+        self, config_hash: str, *, torn: list[int] | None = None, torn_files: dict[Path, int] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """All complete, parseable manifest records of a config (undeduplicated).
 
-        ``torn``: if given, a one-element list that receives the count of ignored lines.
+        ``torn``: if given, a one-element list that receives the count of ignored lines;
+        ``torn_files``: if given, a dict that receives that count per manifest file.
         """
         reader = ManifestReader(self.root / "manifest" / config_hash)
         records = reader.read_new()
         if torn is not None:
             torn.append(reader.torn_lines)
+        if torn_files is not None:
+            torn_files.update(reader.torn_files)
         return iter(records)
 
     def finished_keys(self, config_hash: str) -> set[str]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from distill.core.config import check_fields, from_dict, load_yaml, replace, to_dict
 from distill.core.errors import ConfigError
-from distill.train.runfiles import checkpoint_paths
+from distill.train.runfiles import MissingRunError, load_resume_state
 from students import list_students
 
 DISTILL_KINDS = ("pixel_l1", "pixel_l2", "ssim", "feature")
@@ -133,8 +131,9 @@ def _check_optimisation(config: TrainConfig) -> None:
         raise ConfigError(f"lr must be a finite number > 0, got {config.lr}")
     if not all(0 <= beta < 1 for beta in config.betas):
         raise ConfigError(f"betas must lie in [0, 1), got {config.betas}")
-    if config.warmup_steps < 0 or config.num_workers < 0 or config.grad_clip < 0:
-        raise ConfigError("warmup_steps, num_workers and grad_clip must be >= 0")
+    for name in ("warmup_steps", "num_workers", "grad_clip", "weight_decay"):
+        if not getattr(config, name) >= 0:  # "not >=": NaN is refused too
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     if config.lr_decay_steps is not None and config.lr_decay_steps <= config.warmup_steps:
         raise ConfigError(
             f"lr_decay_steps ({config.lr_decay_steps}) must be greater than warmup_steps ({config.warmup_steps})"
@@ -173,7 +172,12 @@ def resolve_config(
         data = _without_legacy_fields(load_yaml(config_file))
     elif resume and run_dir is not None:
         data = _saved_config(Path(run_dir)) or {}
-    config = from_dict(TrainConfig, data)
+    try:
+        config = from_dict(TrainConfig, data)
+    except ConfigError as error:
+        if config_file is None:
+            raise
+        raise ConfigError(f"{config_file}: {error}") from None
     overrides = dict(overrides or {})  # an explicit None is a value (e.g. config_hash: null)
     if overrides:
         coerced = from_dict(TrainConfig, {**to_dict(config), **overrides})
@@ -213,13 +217,18 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * ratio
 
 
+def is_saved_config(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is a config that a run saved (RUN_DIR/config.yaml): every TrainConfig field and nothing else."""
+    return set(data) - LEGACY_FIELDS == {f.name for f in fields(TrainConfig)}
+
+
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    state_path = checkpoint_paths(run_dir)["state"]
-    if state_path.exists():
-        return _without_legacy_fields(torch.load(state_path, map_location="cpu", weights_only=True)["config"])
-    if (run_dir / "config.yaml").exists():
-        return _without_legacy_fields(load_yaml(run_dir / "config.yaml"))
-    return None
+    """The config of the state the run resumes from (see :func:`load_resume_state`); None when it has none."""
+    try:
+        state = load_resume_state(run_dir, check_config=saved_train_config).state
+    except MissingRunError:
+        return None  # resuming then stops with this error, before any work
+    return _without_legacy_fields(state["config"])
 
 
 def _without_legacy_fields(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.core.errors import ConfigError
+from distill.core.errors import ConfigError, DistillError
 from distill.core.imageio import resize_image
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
@@ -27,8 +27,12 @@ def open_store(path: str) -> TargetStore:
 
 
 def target_pairs(store: TargetStore, **kwargs: Any) -> TargetPairs:
-    """The store's (content, target) pairs of one split (see :class:`TargetPairs`)."""
-    return TargetPairs(store, **kwargs)
+    """The store's (content, target) pairs of one split (see :class:`TargetPairs`).
+
+    Each file's SHA-256 is checked against the manifest the first time it is read
+    (``verify=True``): a target changed after it was generated is refused, not trained on.
+    """
+    return TargetPairs(store, verify=True, **kwargs)
 
 
 def _mix(*values: int) -> int:
@@ -112,10 +116,26 @@ class CroppedPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | DistillError:
+        """The cropped pair; a :class:`DistillError` (a target that cannot be read) is returned, not raised.
+
+        Returned so that it reaches the training loop as itself, with its one-line
+        message, also from a DataLoader worker process (see :func:`collate_or_error`).
+        """
         index, seed = item
-        pair = self.pairs[index]
+        try:
+            pair = self.pairs[index]
+        except DistillError as error:
+            return error
         return random_crop_pair(pair["content"], pair["target"], crop_size=self.crop_size, hflip=self.hflip, seed=seed)
+
+
+def collate_or_error(items: list[Any]) -> Any:
+    """The default collation of a batch, or the first error among its items (the loop raises it)."""
+    for item in items:
+        if isinstance(item, Exception):
+            return item
+    return torch.utils.data.default_collate(items)
 
 
 def eval_pair(pair: Mapping[str, torch.Tensor], size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

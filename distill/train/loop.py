@@ -31,18 +31,31 @@ from torch import nn
 
 from distill.core.config import to_dict
 from distill.core.devices import isolated_rng, resolve_device, synchronize
-from distill.core.errors import ConfigError, DistillError, NumericalError, StoreError
+from distill.core.errors import ConfigError, NumericalError, StoreError, one_line
 from distill.core.files import write_text_atomic
 from distill.objective.criterion import StyleCriterion
 from distill.objective.lossnet import is_random_weights
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
-from distill.train.config import TrainConfig, check_resume_compatible, lr_at
-from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, open_store, target_pairs
+from distill.train.config import TrainConfig, check_resume_compatible, is_saved_config, lr_at, saved_train_config
+from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, collate_or_error, open_store, target_pairs
 from distill.train.distributed import DistInfo, all_mean, barrier, wrap
 from distill.train.evaluate import evaluate, sample_grid
 from distill.train.objective import backward_step, forward_objective
-from distill.train.runfiles import RunFiles, checkpoint_paths, save_state, set_rng_state, yaml_text
+from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsError: this module's API, as before
+    MissingRunError,
+    ResumeState,
+    RunExistsError,
+    RunFiles,
+    RunFolderClaim,
+    RunStateError,
+    check_run_folder,
+    checkpoint_paths,
+    load_resume_state,
+    save_state,
+    set_rng_state,
+    yaml_text,
+)
 from students import create_student
 from students.checkpoint import save_student
 
@@ -76,14 +89,6 @@ class NonFiniteLossError(NumericalError):
         self.last_checkpoint_step = last_checkpoint_step
 
 
-class RunExistsError(DistillError, FileExistsError):
-    """The run folder already holds a run, and resuming it was not asked for."""
-
-
-class MissingRunError(DistillError, FileNotFoundError):
-    """Resuming was asked for, but the run folder holds no resumable state."""
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns (on every rank; files are written by rank 0 only)."""
@@ -108,7 +113,11 @@ def train(
 ) -> TrainResult:
     """Train ``config.student`` on the store ``config.targets``; write RUN_DIR (see :mod:`distill.train.runfiles`).
 
-    ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``.
+    ``resume``: continue from RUN_DIR/checkpoints/last_state.pt up to ``config.steps``
+    (from previous_state.pt, with a warning, when last_state.pt is missing or unreadable).
+    A new run refuses a folder that holds other files or another run
+    (:func:`distill.train.runfiles.check_run_folder`), before any work; a run that fails
+    before its first step is done removes what it created in ``run_dir``.
     ``store``: an already opened target store (default: ``TargetStore(config.targets)``).
     ``log`` and ``progress``: see :data:`LogCallback` and :data:`ProgressCallback`; None
     (or False) reports nothing. Inside a process group (the command line joins one under
@@ -121,18 +130,28 @@ def train(
     """
     run_dir = Path(run_dir)
     dist_info = DistInfo.current()
+    log = (log or _silent) if dist_info.main else _silent
     device = _device(config.device, dist_info)
-    state = _open_run(run_dir, config, resume=resume)
-    data = _prepare_data(store, config, device)
-    with isolated_rng(config.seed):
-        model = _build_student(config, data.criterion, device, state)
-        loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info,
-                     log=(log or _silent) if dist_info.main else _silent,
-                     progress=(progress or None) if dist_info.main else None)
-        try:
-            loop.run()
-        finally:
-            loop.close()
+    resumed = _open_run(run_dir, config, resume=resume)
+    if resumed is not None and resumed.warning:
+        log(resumed.warning)
+    claim = RunFolderClaim(run_dir) if dist_info.main else None
+    loop = None
+    try:
+        data = _prepare_data(store, config, device)
+        with isolated_rng(config.seed):
+            model = _build_student(config, data.criterion, device, resumed)
+            loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
+                         progress=(progress or None) if dist_info.main else None,
+                         keep_previous_state=resumed is None or resumed.warning is None)
+            try:
+                loop.run()
+            finally:
+                loop.close()
+    except BaseException:
+        if claim is not None and (loop is None or loop.step == loop.start_step):
+            claim.undo()  # failed before its first step: leave no half-made run behind
+        raise
     paths = checkpoint_paths(run_dir)
     return TrainResult(
         run_dir=run_dir,
@@ -181,18 +200,17 @@ def _device(name: str, dist_info: DistInfo) -> torch.device:
     return device
 
 
-def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> dict[str, Any] | None:
-    """The saved state of the run to resume (None for a new run), checked against ``config``."""
-    state_path = checkpoint_paths(run_dir)["state"]
-    if resume:
-        if not state_path.exists():
-            raise MissingRunError(f"--resume: {state_path} does not exist; nothing to resume")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        check_resume_compatible(state["config"], config)
-        return state
-    if state_path.exists():
-        raise RunExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder")
-    return None
+def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> ResumeState | None:
+    """The saved state of the run to resume (None for a new run), checked against ``config``.
+
+    Refuses a folder this run must not write into (see :func:`check_run_folder`).
+    """
+    check_run_folder(run_dir, resume=resume, is_run_config=is_saved_config)
+    if not resume:
+        return None
+    resumed = load_resume_state(run_dir, check_config=saved_train_config)
+    check_resume_compatible(resumed.state["config"], config)
+    return resumed
 
 
 def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.device) -> _Data:
@@ -229,8 +247,8 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
 
 
 def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch.device,
-                   state: dict[str, Any] | None) -> _Model:
-    """The student, its optimiser and loss scaler; with ``state``, as the saved run left them (random state too)."""
+                   resumed: ResumeState | None) -> _Model:
+    """The student, its optimiser and loss scaler; with ``resumed``, as the saved run left them (random state too)."""
     # A colour-preserving teacher's student carries the chroma transfer inside the model.
     student = create_student(config.student, preserve_color=bool(criterion.luminance_only), **config.student_kwargs)
     student = student.to(device)
@@ -238,15 +256,22 @@ def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch
         student = student.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     model = _Model(student, optimizer, torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
-    if state is not None:
-        student.load_state_dict(state["model"])
-        _apply_freeze(student, config, state["step"] + 1)
-        optimizer.load_state_dict(state["optimizer"])
-        model.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+    if resumed is not None:
+        state = resumed.state
+        try:
+            student.load_state_dict(state["model"])
+            _apply_freeze(student, config, state["step"] + 1)
+            optimizer.load_state_dict(state["optimizer"])
+            model.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            model.best = dict(state["best"]) or None
+            model.latest_eval = dict(state.get("latest_eval", {})) or None
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise RunStateError(
+                f"{resumed.path}: does not fit the run's {config.student} student "
+                f"({one_line(error, first_line=True, limit=200)})"
+            ) from None
         model.start_step, model.resumed = int(state["step"]), True
-        model.best = dict(state["best"]) or None
-        model.latest_eval = dict(state.get("latest_eval", {})) or None
     student.train()
     return model
 
@@ -272,6 +297,7 @@ def _make_loader(config: TrainConfig, pairs: TargetPairs, *, start_step: int, di
             rank=dist_info.rank, world_size=dist_info.world_size,
         ),
         num_workers=config.num_workers,
+        collate_fn=collate_or_error,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
         persistent_workers=False,
@@ -292,13 +318,19 @@ def _announce(log: LogCallback, config: TrainConfig, data: _Data, *, start_step:
             "VGG-19 features (recorded in the checkpoint metadata).")
     if data.eval_split != "heldout":
         log("WARNING: the store has no held-out targets; best.safetensors is chosen on training targets.")
+    torn = data.train_pairs.torn_manifest_lines
+    if torn:
+        where = ", ".join(f"{count} in {path}" for path, count in sorted(torn.items()))
+        log(f"WARNING: {sum(torn.values())} torn manifest line(s) ignored ({where}): a target generator was killed "
+            "mid-line or is still writing; those targets are left out. Run generate_targets.py --verify on the store.")
 
 
 class _Loop:
     """One invocation's steps, from the step after the resumed one to ``config.steps``, and what they write."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, data: _Data, model: _Model, *, device: torch.device,
-                 dist_info: DistInfo, log: LogCallback, progress: ProgressCallback | None) -> None:
+                 dist_info: DistInfo, log: LogCallback, progress: ProgressCallback | None,
+                 keep_previous_state: bool = True) -> None:
         self.config, self.data, self.device, self.dist_info = config, data, device, dist_info
         self.student, self.optimizer, self.scaler = model.student, model.optimizer, model.scaler
         self.best, self.latest_eval = model.best, model.latest_eval
@@ -306,27 +338,37 @@ class _Loop:
         self.last_saved_step = model.start_step if model.resumed else None
         self.log, self.progress = log, progress
         self.paths = checkpoint_paths(run_dir)
+        # last_state.pt becomes previous_state.pt at each save, unless it is the unusable file a resume fell back from.
+        self.keep_previous_state = keep_previous_state
         self.history: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []
         self.teacher_cache: dict[int, float] = {}
         self.files = RunFiles(run_dir, start_step=self.start_step) if dist_info.main else None
         self.preview: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.files is not None:
-            write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
-            _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
-            self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
-            self.preview = [
-                (centre_square(data.eval_pairs[i]["content"], config.eval_size),
-                 centre_square(data.eval_pairs[i]["target"], config.eval_size))
-                for i in range(min(config.image_samples, len(data.eval_pairs)))
-            ]
-        self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info, device=device)
-        self.model = wrap(self.student, config, dist_info, device)
+        try:
+            if self.files is not None:
+                write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
+                _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
+                self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
+                self.preview = [
+                    (centre_square(data.eval_pairs[i]["content"], config.eval_size),
+                     centre_square(data.eval_pairs[i]["target"], config.eval_size))
+                    for i in range(min(config.image_samples, len(data.eval_pairs)))
+                ]
+            self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info,
+                                       device=device)
+            self.model = wrap(self.student, config, dist_info, device)
+        except BaseException:
+            self.close()  # the TensorBoard writer's thread must not outlive a run that could not start
+            raise
         self.interval_images, self.interval_start = 0, time.perf_counter()
 
     def run(self) -> None:
         config = self.config
-        for step, (content, target) in zip(range(self.start_step + 1, config.steps + 1), self.loader):
+        for step, batch in zip(range(self.start_step + 1, config.steps + 1), self.loader):
+            if isinstance(batch, Exception):
+                raise batch  # a target that could not be read (see collate_or_error)
+            content, target = batch
             if _apply_freeze(self.student, config, step):
                 # DDP only tracks the parameters that are trainable when it wraps the student.
                 self.model = wrap(self.student, config, self.dist_info, self.device)
@@ -401,7 +443,9 @@ class _Loop:
                 extra = {**self.data.extra, "step": step, "kind": "last", "best": self.best, "heldout": self.latest_eval}
                 save_student(self.student, self.paths["last"], extra=extra)
                 save_state(self.paths["state"], self.student, self.optimizer, self.scaler, config, step, self.best, lr,
-                           self.latest_eval)
+                           self.latest_eval,
+                           keep_previous=self.paths["previous_state"] if self.keep_previous_state else None)
+                self.keep_previous_state = True
             self.last_saved_step = step
             barrier(self.dist_info)
 
