@@ -146,7 +146,7 @@ def test_resume_with_a_broken_state_is_one_line_naming_it(kind, saved_runs, comm
     before = snapshot(run)
     code, out, err = command("--out", run, "--resume", "--steps", "2", "--no-progress")
     line = one_error_line(err)
-    assert code == 1 and str(state) in line and "previous_state.pt" in line, line
+    assert code == 2 and str(state) in line and "previous_state.pt" in line, line
     if kind == "hostile":
         assert "pickled Python objects" in line and "weights_only" not in line
     if kind == "hostile_pickle":
@@ -198,7 +198,7 @@ def test_both_states_broken_is_one_line_naming_both(saved_runs, command, tmp_pat
     before = snapshot(run)
     code, out, err = command("--out", run, "--resume", "--steps", "3", "--no-progress")
     line = one_error_line(err)
-    assert code == 1 and str(newest) in line and str(older) in line, line
+    assert code == 2 and str(newest) in line and str(older) in line, line
     assert not marker.exists() and snapshot(run) == before
 
 
@@ -225,7 +225,7 @@ def test_new_run_refuses_a_folder_that_is_not_a_run_before_any_work(what, store_
     monkeypatch.setattr(loop_module, "open_store", no_work)
     code, out, err = command("--targets", store_root, "--out", out_dir, "--steps", "1", *TINY_ARGS)
     line = one_error_line(err)
-    assert code == 1 and str(out_dir) in line, line
+    assert code == 2 and str(out_dir) in line, line
     assert ("is a file" in line) if what == "a_file" else ("not a training run" in line and "empty or new folder" in line)
     assert snapshot(out_dir) == before
 
@@ -239,7 +239,7 @@ def test_new_run_accepts_a_run_folder_that_never_saved_a_state(saved_runs, store
     code, out, err = command("--targets", store_root, "--out", run, "--steps", "1", *TINY_ARGS)
     assert code == 0, err
     code, out, err = command("--targets", store_root, "--out", run, "--steps", "1", *TINY_ARGS)
-    assert code == 1 and "--resume" in one_error_line(err)  # now it holds a run
+    assert code == 2 and "--resume" in one_error_line(err)  # now it holds a run
 
 
 # --------------------------------------------------------------------------- 3. early failures leave nothing
@@ -253,15 +253,15 @@ def test_a_run_that_fails_early_leaves_no_half_made_folder(where, store, store_r
         out_dir.mkdir(parents=True)
     # A bad store and a bad setting stop the run before anything is made.
     code, _, err = command("--targets", tmp_path / "no_store", "--out", out_dir, "--steps", "1", *TINY_ARGS)
-    assert code == 1 and "no_store" in one_error_line(err)
+    assert code == 2 and "no_store" in one_error_line(err)
     code, _, err = command("--targets", store_root, "--out", out_dir, "--steps", "1", *TINY_ARGS, "--set", "lr=fast")
-    assert code == 1 and "'lr'" in one_error_line(err)
+    assert code == 2 and "'lr'" in one_error_line(err)
     # A changed target is found when step 1 reads it, after the run folder was made: it is removed again.
     bad = corrupted_store(store, store_root, tmp_path)
     monkeypatch.setattr(loop_module, "open_store", lambda path: bad)
     code, out, err = command("--targets", bad.root, "--out", out_dir, "--steps", "2", *TINY_ARGS)
     line = one_error_line(err)
-    assert code == 1 and str(bad.root / "targets") in line and "generate_targets.py --verify" in line, line
+    assert code == 2 and str(bad.root / "targets") in line and "generate_targets.py --verify" in line, line
     if where == "new_nested":
         assert not parent.exists()  # every folder this run made is gone
     else:
@@ -340,11 +340,11 @@ def test_config_errors_name_the_key_the_value_and_the_type(store_root, command, 
     out_dir = tmp_path / "run"
     code, _, err = command("--targets", store_root, "--out", out_dir, "--config", bad)
     line = one_error_line(err)
-    assert code == 1 and str(bad) in line and "'batch_size': expected int, got 'two' (str)" in line, line
+    assert code == 2 and str(bad) in line and "'batch_size': expected int, got 'two' (str)" in line, line
     code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--steps", "2.5")
     assert code == 2 and "--steps: expected an integer, got '2.5'" in one_error_line(err)
     code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--set", "steps=1e4", "--set", "grad_clip=-1")
-    assert code == 1 and "grad_clip must be >= 0, got -1.0" in one_error_line(err)
+    assert code == 2 and "grad_clip must be >= 0, got -1.0" in one_error_line(err)
     code, _, err = command("--targets", store_root, "--out", out_dir, *TINY_ARGS, "--student-kwargs", "{oops")
     assert code == 2 and "--student-kwargs: not valid JSON" in one_error_line(err)
     assert not out_dir.exists()

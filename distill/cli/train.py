@@ -6,8 +6,9 @@
 
 Settings: TrainConfig defaults, then --config FILE.yaml (or, with --resume, the run's
 saved config), then the options below, then any --set field=value (YAML value).
-Numbers may be written as 1e-3 or 1e4. Every error is one ``error:`` line on stderr.
-Exit codes: 0 done, 1 error, 2 bad command-line option, 3 non-finite loss (the last good
+Numbers may be written as 1e-3 or 1e4. Every error is one ``error:`` line on stderr
+(``--debug`` shows the traceback instead). Exit codes: 0 done, 1 a failure while working,
+2 bad input (options, config, store, run folder), 3 non-finite loss (the last good
 checkpoint is kept).
 """
 
@@ -19,20 +20,16 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from distill.cli.console import ProgressBar, process_settings, write_line
+from distill.cli.console import CommandParser, ProgressBar, debugging, describe_error, process_settings, write_line
 from distill.core.config import yaml_value
-from distill.core.errors import ConfigError, DistillError, one_line
+from distill.core.errors import ConfigError, one_line
 from distill.train.config import resolve_config
 from distill.train.distributed import process_group
 from distill.train.loop import NonFiniteLossError, train
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a bad option as one ``error:`` line (exit 2) instead of the usage and a message."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+#: Exit code of a run stopped by a NaN/Inf loss (its last good checkpoint is kept).
+NON_FINITE_EXIT = 3
 
 
 def _count(text: str) -> int:
@@ -68,7 +65,7 @@ def _json_mapping(text: str) -> dict:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", help="target store folder (required unless resuming)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, samples")
     p.add_argument("--student", help="registered student name (johnson, fast, timm_encoder, ...)")
@@ -130,11 +127,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             result = train(config, args.out, resume=args.resume, log=_log_line,
                            progress=None if args.no_progress else bar.update_to)
     except NonFiniteLossError as error:
+        if debugging():
+            raise
         print(f"error: {one_line(error)}", file=sys.stderr)
-        return 3
-    except (DistillError, ValueError, TypeError, OSError, RuntimeError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
+        return NON_FINITE_EXIT
+    except Exception as error:  # noqa: BLE001 - the one error policy of every command (distill.cli.console)
+        if debugging():
+            raise
+        # A student's constructor rejects bad --student-kwargs with TypeError/ValueError: bad input.
+        line, code = describe_error(error, expected=(ValueError, TypeError))
+        print(f"error: {line}", file=sys.stderr)
+        return code
     if result.step and result.best is not None:
         print(f"done: step {result.step}; last {result.last_checkpoint}; best {result.best_checkpoint} "
               f"(step {result.best['step']}, held-out SSIM to the teacher {result.best['ssim']:.4f})")
@@ -147,5 +150,5 @@ def _log_line(line: str) -> None:
 
 
 def run(argv: Sequence[str] | None = None, *, prog: str | None = None) -> NoReturn:
-    """The command: exit 0 done, 1 error, 3 non-finite loss."""
+    """The command: exit 0 done, 1 a failure while working, 2 bad input, 3 non-finite loss."""
     sys.exit(main(argv, prog=prog))
