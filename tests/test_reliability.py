@@ -471,7 +471,7 @@ def test_a_real_process_prints_the_same_line(runner, world, script, args):
     assert _snapshot(world.base) == before
 
 
-@pytest.mark.parametrize("script", [TEACHER, TARGETS, COMPARE, EXPORT, STYLIZE])
+@pytest.mark.parametrize("script", [TEACHER, TARGETS, COMPARE, EXPORT, STYLIZE, "train_student.py"])
 def test_every_script_has_debug(runner, world, script):
     result = runner.run(script, "--help", cwd=world.base)
     assert result.rc == 0 and "--debug" in result.stdout

@@ -196,6 +196,46 @@ def test_kill_9_then_rerun_completes_without_recomputing(tmp_path, style):
             assert entry.target_path.stat().st_mtime_ns == stamps[entry.key]
 
 
+def _kill_generation_when(args: list, ready, *, timeout: float = 120) -> None:
+    """Run generate_targets.py in its own process and SIGKILL it as soon as ``ready()`` holds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, "the run ended before the kill point"
+            assert time.monotonic() < deadline, "the kill point never came"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _target_bytes(store_root: Path) -> dict[str, bytes]:
+    """Each target's image bytes by its content hash (the keys name content and config)."""
+    return {entry.content_hash: entry.target_path.read_bytes() for entry in TargetStore(store_root).entries()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["while the first batch is optimised", "after two targets"])
+def test_kill_9_at_several_moments_then_rerun_gives_the_uninterrupted_store(tmp_path, style, moment):
+    make_contents(tmp_path / "c", 4)
+    common = ["--content-dir", tmp_path / "c", "--style", style, *FAST, "--iters", "8"]
+    assert cli(*common, "--out", tmp_path / "straight") == 0
+    out = tmp_path / "killed"
+    if moment == "after two targets":
+        _kill_generation_when([*common, "--out", out], lambda: len(manifest_lines(out)) >= 2)
+    else:  # a lock is held while a target is computed, and none is finished yet
+        _kill_generation_when([*common, "--out", out],
+                              lambda: any(out.rglob("*.lock")) and not manifest_lines(out))
+    assert cli(*common, "--out", out) == 0  # the same command
+    assert TargetStore(out).verify().ok
+    assert _target_bytes(out) == _target_bytes(tmp_path / "straight")
+
+
 def test_shards_are_disjoint_and_cover_everything(tmp_path, style, monkeypatch):
     make_contents(tmp_path / "c", 6)
     out = tmp_path / "store"
