@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--weights", default="random", help="loss network: random (offline, default), pretrained, or a weights file")
     parser.add_argument("--size", type=int, default=96, help="teacher and training size, long side in px (default %(default)s)")
     parser.add_argument("--iters", type=int, default=150, help="teacher L-BFGS evaluations per image (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=100, help="student training steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="student training steps (default %(default)s)")
     parser.add_argument("--student", default="fast", help="student architecture (default %(default)s)")
     parser.add_argument("--images", type=int, default=7, help="number of sample photos (default %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default %(default)s)")
