@@ -21,7 +21,6 @@ students). Every stage resumes: rerun the same command after an interruption.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys

@@ -34,12 +34,17 @@ def _record(criterion, style, content, teacher, student):
     return record
 
 
+def _teacher(content, style, share):
+    """A stand-in teacher image: the photo blended with its copy recoloured to the style."""
+    return ((1 - share) * content + share * match_colour_statistics(content[0], style).unsqueeze(0)).clamp(0, 1)
+
+
 def test_a_student_that_paints_blobs_is_flagged_even_when_its_objective_is_low(criterion_and_style):
     criterion, style = criterion_and_style
     records = []
     for seed in range(3):
         content = _photo(seed)
-        teacher = (0.6 * content + 0.4 * match_colour_statistics(content[0], style).unsqueeze(0)).clamp(0, 1)
+        teacher = _teacher(content, style, 0.4)
         blobs = torch.nn.functional.interpolate(style.unsqueeze(0), size=(48, 48), mode="bilinear", align_corners=False)
         records.append(_record(criterion, style, content, teacher, blobs))
     summary = aggregate(records)
@@ -61,7 +66,7 @@ def test_a_student_close_to_its_teacher_passes(criterion_and_style):
     records = []
     for seed in range(3):
         content = _photo(seed)
-        teacher = (0.5 * content + 0.5 * match_colour_statistics(content[0], style).unsqueeze(0)).clamp(0, 1)
+        teacher = _teacher(content, style, 0.5)
         records.append(_record(criterion, style, content, teacher, (teacher + 0.01).clamp(0, 1)))
     summary = aggregate(records)
     assert summary["agreement"]["beats_baselines"] is True

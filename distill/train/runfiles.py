@@ -27,7 +27,6 @@ import math
 import os
 import pickle
 import random
-import re
 import shutil
 import zipfile
 from collections.abc import Callable, Mapping
@@ -42,7 +41,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from distill.core.config import to_dict
-from distill.core.errors import ConfigError, DistillError, ModelFileError, one_line
+from distill.core.errors import ConfigError, DistillError, ModelFileError, load_error_reason, one_line
 from distill.core.files import atomic_path, write_text_atomic
 from distill.core.imageio import save_image
 from students.checkpoint import RUN_CHECKPOINTS, run_checkpoint
@@ -151,9 +150,7 @@ def _load_failure(error: Exception) -> str:
     """Why ``torch.load`` could not read a state file, in a few words (never torch's advice to unpickle it)."""
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f" ({found.group(1)})" if found else ""
-        return f"holds pickled Python objects{what}, not only tensors; refused without loading them"
+        return f"holds {load_error_reason(error, limit=200)}; refused without loading them"
     if isinstance(error, EOFError) or "central directory" in text or "zip archive" in text:
         return "truncated or corrupt (not a complete torch file)"
     if isinstance(error, OSError):
