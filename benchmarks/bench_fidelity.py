@@ -44,7 +44,9 @@ from distill.targets.generation import generate_targets  # noqa: E402
 from distill.train.config import resolve_config  # noqa: E402
 from distill.train.loop import train  # noqa: E402
 from students import load_student  # noqa: E402
-from teachers.gatys import TeacherConfig  # noqa: E402
+from distill.core.affine import affine_residual  # noqa: E402
+from distill.targets.store import TargetStore  # noqa: E402
+from teachers.gatys import TeacherConfig, photoreal_teacher  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
@@ -81,20 +83,33 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run")
     parser.add_argument("--label", default="", help="suffix of the results file and gallery")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--photoreal", action="store_true",
+        help="photorealistic teacher (--photoreal) with a photo as the style (default DATA/photoreal/style/in53.png); "
+        "adds the affine residual against plain Gatys on the held-out photos",
+    )
     args = parser.parse_args()
+    if args.photoreal:
+        args.work = args.work if args.work != HERE / "work" / "fidelity" else HERE / "work" / "fidelity_photoreal"
+        args.label = args.label or "_photoreal"
 
     device = resolve_device(args.device)
-    style = args.style or args.data / "style" / "rain-princess-cropped.jpg"
-    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size)
-    teacher = TeacherConfig(
+    default_style = args.data / ("photoreal/style/in53.png" if args.photoreal else "style/rain-princess-cropped.jpg")
+    style = args.style or default_style
+    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, exclude=style)
+    plain = TeacherConfig(
         criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size, iterations=args.iters
     ).resolved()
+    teacher = photoreal_teacher(plain).resolved() if args.photoreal else plain
     stores = {}
-    for name, folder in (("train", train_dir), ("heldout", heldout_dir)):
+    folders = [("train", train_dir, teacher), ("heldout", heldout_dir, teacher)]
+    if args.photoreal:  # plain Gatys on the held-out photos: the reference of the affine residual
+        folders.append(("heldout_plain", heldout_dir, plain))
+    for name, folder, config in folders:
         stores[name] = args.work / f"store_{name}"
         started = time.perf_counter()
         summary = generate_targets(
-            content_dir=folder, style_paths=[style], store_root=stores[name], teacher_config=teacher,
+            content_dir=folder, style_paths=[style], store_root=stores[name], teacher_config=config,
             batch_size=4, device=str(device), log=print,
         )
         print(f"{name} targets: {summary.new} new, {summary.present} present ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -115,7 +130,7 @@ def main() -> None:
             settings["steps"] = args.steps
         settings.update({key: json.loads(value) if value[:1] in "[{0123456789.-tfn" else value for key, value in overrides.items()})
         minutes = run_training(run_dir, settings)
-        row, images = evaluate(run_dir, stores["heldout"], device)
+        row, images = evaluate(run_dir, stores["heldout"], device, plain_store=stores.get("heldout_plain"))
         row.update(student=student, recipe=recipe, train_minutes=minutes)
         rows.append(row)
         outputs[(student, recipe)] = images
@@ -127,16 +142,16 @@ def main() -> None:
     print(f"wrote {HERE / 'results' / (name + '.md')}")
 
 
-def prepare_photos(data: Path, work: Path, *, size: int) -> tuple[Path, Path]:
-    """Training and held-out photo folders (PNG, long side 2x the teacher's size)."""
+def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = None) -> tuple[Path, Path]:
+    """Training and held-out photo folders (PNG, long side 2x the teacher's size); ``exclude``: the style photo."""
     train_dir, heldout_dir = work / "photos_train", work / "photos_heldout"
     if train_dir.is_dir() and heldout_dir.is_dir():
         return train_dir, heldout_dir
     samples = sample_photo_paths()
     heldout = [data / p for p in HELDOUT] + [samples[n] for n in HELDOUT_SAMPLES if n in samples]
-    held_photos = {path.resolve() for path in heldout}
+    held_photos = {path.resolve() for path in heldout} | ({exclude.resolve()} if exclude else set())
     training = [p for p in list_images(data / "photoreal" / "content") if p.resolve() not in held_photos]
-    training += list_images(data / "photoreal" / "style")
+    training += [p for p in list_images(data / "photoreal" / "style") if p.resolve() not in held_photos]
     training += list_images(data / "video" / "mountain")[::8]
     training += [samples[n] for n in TRAIN_SAMPLES if n in samples]
     long_side = 2 * size
@@ -178,9 +193,10 @@ def run_training(run_dir: Path, settings: dict) -> float:
     return spent
 
 
-def evaluate(run_dir: Path, heldout_store: Path, device: torch.device) -> tuple[dict, dict]:
+def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_store: Path | None = None) -> tuple[dict, dict]:
     options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, timing_runs=3)
     result = evaluate_fidelity(run_dir=run_dir, store_root=heldout_store, options=options, device=device)
+    residuals = None if plain_store is None else affine_residuals(result, plain_store)
     agg = result.report["aggregate"]
     student, _ = load_student(run_dir / "checkpoints" / "best.safetensors", device=device)
     ms_512 = statistics.median(time_student(student.eval(), torch.rand(1, 3, 512, 512, device=device), runs=5))
@@ -197,13 +213,29 @@ def evaluate(run_dir: Path, heldout_store: Path, device: torch.device) -> tuple[
         "ms_512": ms_512,
         "diagnoses": agg["diagnoses"],
         "images": agg["images"],
+        "residuals": residuals,
     }
     images = {"content": result.contents, "teacher": result.teachers, "student": result.students, "names": result.names}
     return row, images
 
 
+def affine_residuals(result, plain_store: Path) -> dict[str, float]:
+    """Mean affine residual (distill.core.affine) of teacher, student and plain Gatys on the held-out photos."""
+    plain = {Path(e.content_path).stem: load_image(e.target_path) for e in TargetStore(plain_store).entries(traces=False)}
+    sums = {"teacher": 0.0, "student": 0.0, "plain": 0.0}
+    for content, teacher, student, name in zip(result.contents, result.teachers, result.students, result.names):
+        sums["teacher"] += affine_residual(teacher, content)
+        sums["student"] += affine_residual(student, content)
+        sums["plain"] += affine_residual(plain[name], content)
+    return {key: value / len(result.names) for key, value in sums.items()}
+
+
 def format_row(row: dict) -> str:
     figures = row["student_figures"]
+    residuals = row["residuals"]
+    if residuals:
+        print(f"   affine residual: student {residuals['student']:.4f}, teacher {residuals['teacher']:.4f}, "
+              f"plain Gatys {residuals['plain']:.4f} (student / plain {residuals['student'] / residuals['plain']:.2f})")
     return (
         f"{row['student']:>13} {row['recipe']:<10} SSIM {row['ssim']:.3f} (photo {row['ssim_content']:.3f}, recoloured "
         f"{row['ssim_recoloured']:.3f}) PSNR {row['psnr']:.2f} dB; student colour {figures['colour_moved']:.2f} texture "
@@ -213,8 +245,6 @@ def format_row(row: dict) -> str:
 
 
 def render(rows, args, device, style, teacher, stores) -> str:
-    from distill.targets.store import TargetStore
-
     counts = {name: len(TargetStore(path).entries()) for name, path in stores.items()}
     lines = [
         f"# Student fidelity on held-out photos ({device.type})",
@@ -224,7 +254,8 @@ def render(rows, args, device, style, teacher, stores) -> str:
         f"Command: `python benchmarks/bench_fidelity.py{' --label ' + args.label if args.label else ''}"
         f"{''.join(' --set ' + s for s in args.set)}{' --steps ' + str(args.steps) if args.steps else ''}"
         f"{' --pairs ' + ' '.join(args.pairs) if args.pairs else ''}`. Per-student settings: {STUDENT_SETTINGS}. "
-        f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}), {args.size} px, "
+        f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}"
+        f"{f', --photoreal (weight {teacher.photoreal_weight:g})' if teacher.photoreal_weight else ''}), {args.size} px, "
         f"{args.iters} iterations, style `{style.name}`. Training targets: {counts['train']} (photos and crops at two "
         f"other scales); held-out photos: {counts['heldout']} ({', '.join(Path(p).stem for p in HELDOUT)}, "
         f"{', '.join(HELDOUT_SAMPLES)}), never used in training or model selection.",
@@ -251,6 +282,18 @@ def render(rows, args, device, style, teacher, stores) -> str:
         teacher_figures = rows[0]["teacher"]
         lines += ["", f"Teacher on the same photos: colour {teacher_figures['colour_moved']:.2f}, texture "
                       f"{teacher_figures['texture_moved']:.2f}, structure {teacher_figures['structure_kept']:.2f}."]
+        with_residuals = [r for r in rows if r["residuals"]]
+        if with_residuals:
+            lines += [
+                "", "Photorealism (mean affine residual over the held-out photos: RMS error of the best affine colour map "
+                "from the photo in 3x3 windows; plain Gatys = the offline default teacher without the photorealism term, "
+                "same style and iterations):", "",
+                "| student | recipe | student | teacher | plain Gatys | student / plain |", "|---|---|---:|---:|---:|---:|",
+            ]
+            for r in with_residuals:
+                res = r["residuals"]
+                lines.append(f"| {r['student']} | {r['recipe']} | {res['student']:.4f} | {res['teacher']:.4f} | "
+                             f"{res['plain']:.4f} | {res['student'] / res['plain']:.2f} |")
         flagged = [(r, line) for r in rows for line in r["diagnoses"]]
         if flagged:
             lines += ["", "What the report flags:", ""]

@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from distill.core.affine import guided_filter
 from distill.core.color import transfer_luminance
 
 StudentFactory = TypeVar("StudentFactory", bound=Callable[..., nn.Module])
@@ -40,9 +41,8 @@ def list_students() -> list[str]:
     return sorted(_FACTORIES)
 
 
-class ColourPreservingStudent(nn.Module):
-    """A student whose output keeps its input's colours: the wrapped network's luminance
-    with the input's chroma (YIQ I and Q), as a colour-preserving teacher returns.
+class StudentWrapper(nn.Module):
+    """A student network with a fixed transform of its output, as part of the model.
 
     Part of the model, so checkpoints, tiled inference and every export format apply it
     (a flag beside the weights would be lost by the first runtime that ignores it).
@@ -54,9 +54,6 @@ class ColourPreservingStudent(nn.Module):
         self.stride = getattr(student, "stride", 1)
         self.min_side = getattr(student, "min_side", 1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return transfer_luminance(self.student(images), images)
-
     def __getattr__(self, name: str) -> Any:
         # Training hooks such as timm_encoder's unfreeze_encoder() live on the wrapped student.
         try:
@@ -65,7 +62,34 @@ class ColourPreservingStudent(nn.Module):
             return getattr(self._modules["student"], name)
 
 
-def create_student(name: str, *, preserve_color: bool = False, **kwargs: Any) -> nn.Module:
+class ColourPreservingStudent(StudentWrapper):
+    """A student whose output keeps its input's colours: the wrapped network's luminance
+    with the input's chroma (YIQ I and Q), as a colour-preserving teacher returns."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return transfer_luminance(self.student(images), images)
+
+
+class AffineSmoothedStudent(StudentWrapper):
+    """A photorealistic student: the wrapped network's output made locally affine in its input.
+
+    The colour guided filter (:func:`distill.core.affine.guided_filter`, 5x5 windows) keeps,
+    in every small window, only what an affine colour map of the input photo can express:
+    the photorealism premise of Deep Photo Style Transfer, enforced at inference for a few
+    milliseconds instead of learned approximately. Part of the model (trained through,
+    checkpointed, tiled and exported with it); pooling and elementwise operations only.
+    """
+
+    def __init__(self, student: nn.Module, *, radius: int = 2, epsilon: float = 1e-3) -> None:
+        super().__init__(student)
+        self.radius = radius
+        self.epsilon = epsilon
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return guided_filter(self.student(images), images, radius=self.radius, epsilon=self.epsilon)
+
+
+def create_student(name: str, *, preserve_color: bool = False, smooth_output: bool = False, **kwargs: Any) -> nn.Module:
     """Build the student registered as ``name``.
 
     Every student maps an image batch of shape (B, 3, H, W), float RGB in
@@ -75,6 +99,8 @@ def create_student(name: str, *, preserve_color: bool = False, **kwargs: Any) ->
         name: one of :func:`list_students`.
         preserve_color: wrap the network in :class:`ColourPreservingStudent`, for
             students of colour-preserving teachers.
+        smooth_output: wrap it (outermost) in :class:`AffineSmoothedStudent`, for
+            students of photorealistic teachers.
         **kwargs: keyword hyperparameters of that student; they must be
             JSON-serialisable because they are stored in checkpoints.
 
@@ -89,7 +115,8 @@ def create_student(name: str, *, preserve_color: bool = False, **kwargs: Any) ->
     if factory is None:
         known = ", ".join(list_students()) or "(none)"
         raise ValueError(f"unknown student {name!r}; known students: {known}")
-    spec = {"name": name, "kwargs": {**kwargs, **({"preserve_color": True} if preserve_color else {})}}
+    flags = {**({"preserve_color": True} if preserve_color else {}), **({"smooth_output": True} if smooth_output else {})}
+    spec = {"name": name, "kwargs": {**kwargs, **flags}}
     try:
         json.dumps(spec)
     except (TypeError, ValueError) as error:
@@ -100,5 +127,7 @@ def create_student(name: str, *, preserve_color: bool = False, **kwargs: Any) ->
     model = factory(**kwargs)
     if preserve_color:
         model = ColourPreservingStudent(model)
+    if smooth_output:
+        model = AffineSmoothedStudent(model)
     model.student_spec = spec
     return model

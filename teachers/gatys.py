@@ -7,6 +7,7 @@ Batched: B content images are optimised at once, each with its own L-BFGS state
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,10 @@ from distill.core.devices import format_bytes, memory_capacity, synchronize
 from distill.core.errors import ConfigError
 from distill.core.imageio import load_image, quantize_8bit, resize_image
 from distill.objective.config import CriterionConfig
-from distill.objective.criterion import StyleCriterion, build_criterion
+from distill.core.affine import guided_filter
+from distill.core.masks import MaskError, fit_mask, load_mask, resize_mask, shared_regions
+from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
+from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
 from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
 
@@ -33,6 +37,9 @@ MIN_SIDE = 16
 ACTIVATION_BYTES_PER_PIXEL = 2000
 #: Style statistics are taken once, at the style size, without gradients.
 STYLE_BYTES_PER_PIXEL = 1000
+#: Weight of the photorealism term that ``--photoreal`` sets (measured on the shared photo pairs,
+#: see benchmarks/bench_photoreal.py).
+DEFAULT_PHOTOREAL_WEIGHT = 1000.0
 #: Every this many iterations (and for the result) the teacher also records its objective on
 #: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
 #: what a student's rounded output must be compared with for "equivalent iterations".
@@ -57,6 +64,11 @@ class TeacherConfig:
     # before speckle; see teachers.pyramid). auto: laplacian, except pixels for the classic objective.
     parameterisation: str = "auto"
     pyramid_gain: float = 1.5  # step scale of each coarser Laplacian band relative to the next finer one
+    # Deep Photo Style Transfer's photorealism term: weight of the content photo's matting
+    # Laplacian penalty (teachers.photoreal); 0 = plain Gatys.
+    photoreal_weight: float = 0.0
+    matting_epsilon: float = DEFAULT_EPSILON  # the matting Laplacian's window regulariser (the paper's 1e-7)
+    smooth: bool = False  # post-process: guided filter of the result with the content as guide (locally affine colours)
 
     def resolved_parameterisation(self) -> str:
         if self.parameterisation != "auto":
@@ -73,6 +85,10 @@ class TeacherConfig:
             raise ConfigError(f"size must be at least {MIN_SIDE} px (the long side of the result), got {self.size}")
         if self.parameterisation not in ("auto", *PARAMETERISATIONS):
             raise ConfigError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
+        if not (math.isfinite(self.photoreal_weight) and self.photoreal_weight >= 0):
+            raise ConfigError(f"photoreal-weight must be a finite number >= 0, got {self.photoreal_weight}")
+        if not self.matting_epsilon > 0:
+            raise ConfigError(f"matting_epsilon must be > 0, got {self.matting_epsilon}")
         if not self.pyramid_gain > 0:
             raise ConfigError(f"pyramid_gain must be positive, got {self.pyramid_gain}")
         if self.init not in INIT_CHOICES:
@@ -86,6 +102,17 @@ class TeacherConfig:
                 f"L-BFGS needs history_size >= 1, learning_rate > 0 and tolerances >= 0, got {self.history_size}, "
                 f"{self.learning_rate}, {self.tolerance_grad}, {self.tolerance_change}"
             )
+
+
+def photoreal_teacher(config: TeacherConfig, *, weight: float = DEFAULT_PHOTOREAL_WEIGHT) -> TeacherConfig:
+    """``config`` as Deep Photo Style Transfer: the photorealism term at ``weight``, on pixels at one scale.
+
+    The photorealism term's optimum is a recolouring of the photo, so the Laplacian
+    pyramid and coarse-to-fine scales, which serve painted strokes, are left out (unless
+    ``config`` set a parameterisation explicitly).
+    """
+    parameterisation = "pixels" if config.parameterisation == "auto" else config.parameterisation
+    return replace(config, photoreal_weight=weight, parameterisation=parameterisation, scales=(1.0,))
 
 
 @dataclass
@@ -124,13 +151,16 @@ def stylize(
     config: TeacherConfig,
     style_image: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
+    content_masks: torch.Tensor | None = None,
 ) -> TeacherResult:
     """Run the teacher on a batch of content images.
 
     ``content``: (B, 3, H, W) in [0, 1], already at the teacher's size, on the
     criterion's device. ``style_image``: (3, h, w), needed for ``init="style"``.
-    ``progress(done, total)`` is called after every evaluation round with evaluations
-    counted over the batch. Returns a :class:`TeacherResult`.
+    ``content_masks``: (B, H, W) class maps (:mod:`distill.core.masks`), needed when the
+    criterion was built with a style mask. ``progress(done, total)`` is called after
+    every evaluation round with evaluations counted over the batch. Returns a
+    :class:`TeacherResult`.
 
     Each image's result equals the one it gets alone, up to float rounding, which
     L-BFGS amplifies. On the CPU, oneDNN picks convolution algorithms by batch size, so
@@ -144,18 +174,48 @@ def stylize(
     started = time.perf_counter()
     record = _Record(batch, total_evaluations=config.iterations * batch, progress=progress)
     budgets = split_budget(config.iterations, len(config.scales))
-    image = None
+    image = objective = None
     for scale_index, (scale, budget) in enumerate(zip(config.scales, budgets)):
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled_content = resize_image(content, size=size)
+        objective = _Objective(criterion, scaled_content, config, None if content_masks is None else resize_mask(content_masks, size))
         if image is None:
             image = _initial_image(config, scaled_content, style_image)
         else:
             image = resize_image(image.clamp(0, 1), size=size)
         finest = scale_index == len(config.scales) - 1
-        image = _optimise_scale(criterion, image, scaled_content, config=config, budget=budget, scale_index=scale_index,
+        image = _optimise_scale(objective, image, config=config, budget=budget, scale_index=scale_index,
                                 finest=finest, record=record)
-    return _finish(criterion, image, content, record=record, scale_index=len(config.scales) - 1, started=started)
+    return _finish(objective, image, config=config, record=record, scale_index=len(config.scales) - 1, started=started)
+
+
+class _Objective:
+    """What the teacher minimises at one scale: the criterion, plus the photorealism term when asked.
+
+    Holds everything that depends on the content at this size (its features, masks and
+    matting Laplacians), so each evaluation only runs the images through the loss network.
+    """
+
+    def __init__(self, criterion: StyleCriterion, content: torch.Tensor, config: TeacherConfig, masks: torch.Tensor | None) -> None:
+        self.criterion = criterion
+        self.content = content
+        self.masks = masks
+        self.content_targets = criterion.content_targets(content)
+        self.photoreal_weight = config.photoreal_weight
+        self.matting = MattingPenalty(content, epsilon=config.matting_epsilon) if config.photoreal_weight > 0 else None
+
+    def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> tuple[LossTerms, torch.Tensor, torch.Tensor]:
+        """(criterion terms, weighted photorealism term, total), each per image, for content ``rows``."""
+        terms = self.criterion(
+            images,
+            content_targets={k: v[rows] for k, v in self.content_targets.items()},
+            content_masks=None if self.masks is None else self.masks[rows],
+        )
+        if self.matting is None:
+            photoreal = torch.zeros_like(terms.total)
+        else:
+            photoreal = self.photoreal_weight * self.matting(images, rows.tolist())
+        return terms, photoreal, terms.total + photoreal
 
 
 class _Record:
@@ -163,7 +223,8 @@ class _Record:
 
     def __init__(self, batch: int, *, total_evaluations: int, progress: ProgressCallback | None) -> None:
         self.traces: list[dict[str, list[float | None]]] = [
-            {"total": [], "content": [], "style": [], "tv": [], "scale": [], "total_8bit": []} for _ in range(batch)
+            {"total": [], "content": [], "style": [], "tv": [], "photoreal": [], "scale": [], "total_8bit": []}
+            for _ in range(batch)
         ]
         self.iterations_run = [0] * batch
         self.stop_reasons = ["budget"] * batch
@@ -171,19 +232,26 @@ class _Record:
         self.total_evaluations = total_evaluations
         self.progress = progress
 
-    def add(self, row: int, terms, position: int, scale_index: int, total_8bit: float | None) -> None:
-        """Image ``row``'s terms (at ``position`` in ``terms``) and its 8-bit objective, if measured."""
+    def add(self, row: int, values: dict[str, float], scale_index: int, total_8bit: float | None) -> None:
+        """Image ``row``'s terms (:func:`_terms_of`) and its 8-bit objective, if measured."""
         trace = self.traces[row]
-        for name in ("total", "content", "style", "tv"):
-            trace[name].append(float(getattr(terms, name)[position].detach()))
+        for name, value in values.items():
+            trace[name].append(value)
         trace["scale"].append(scale_index)
         trace["total_8bit"].append(total_8bit)
 
 
+def _terms_of(terms: LossTerms, photoreal: torch.Tensor, total: torch.Tensor, position: int) -> dict[str, float]:
+    """Plain floats of one image's terms, the photorealism term included in the total."""
+    values = terms.item(position)
+    values["photoreal"] = float(photoreal[position].detach())
+    values["total"] = float(total[position].detach())
+    return values
+
+
 def _optimise_scale(
-    criterion: StyleCriterion,
+    objective: _Objective,
     image: torch.Tensor,
-    content: torch.Tensor,
     *,
     config: TeacherConfig,
     budget: int,
@@ -193,7 +261,7 @@ def _optimise_scale(
 ) -> torch.Tensor:
     """L-BFGS on ``image`` (B, 3, h, w) at one scale for ``budget`` evaluations; returns the optimised images."""
     height, width = image.shape[-2:]
-    content_targets = criterion.content_targets(content)
+    luminance_only = objective.criterion.luminance_only
     variables = ImageParameterisation(config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain)
     optimiser = BatchedLBFGS(
         variables.encode(image).clone(),
@@ -209,19 +277,18 @@ def _optimise_scale(
         if rows.numel() == 0:
             break
         point = optimiser.x[rows].clone().requires_grad_(True)
-        terms = criterion(variables.decode(point), content_targets={k: v[rows] for k, v in content_targets.items()})
-        (grad,) = torch.autograd.grad(terms.total.sum(), point)
+        terms, photoreal, total = objective(variables.decode(point), rows)
+        (grad,) = torch.autograd.grad(total.sum(), point)
         quantised = None
         if finest and record.iterations_run[int(rows[0])] % QUANTISED_TRACE_INTERVAL == 0:
             with torch.no_grad():
-                quantised = criterion(
-                    _as_saved(variables.decode(point.detach()), content[rows], criterion.luminance_only),
-                    content_targets={k: v[rows] for k, v in content_targets.items()},
-                ).total
+                saved = _as_saved(variables.decode(point.detach()), objective.content[rows], luminance_only)
+                quantised = objective(saved, rows)[2]
         for position, row in enumerate(rows.tolist()):
-            record.add(row, terms, position, scale_index, None if quantised is None else float(quantised[position]))
+            record.add(row, _terms_of(terms, photoreal, total, position), scale_index,
+                       None if quantised is None else float(quantised[position]))
             record.iterations_run[row] += 1
-        report = optimiser.step(rows, terms.total, grad.reshape(len(rows), -1))
+        report = optimiser.step(rows, total.detach(), grad.reshape(len(rows), -1))
         for row, reason in enumerate(report.stopped_reason):
             if reason is not None:
                 record.stop_reasons[row] = reason
@@ -233,27 +300,31 @@ def _optimise_scale(
 
 
 def _finish(
-    criterion: StyleCriterion, image: torch.Tensor, content: torch.Tensor, *, record: _Record, scale_index: int, started: float
+    objective: _Objective, image: torch.Tensor, *, config: TeacherConfig, record: _Record, scale_index: int, started: float
 ) -> TeacherResult:
-    """The result images (colour put back if asked) with their final terms appended to the traces."""
+    """The result images (colour put back, smoothed, if asked) with their final terms appended to the traces."""
+    content = objective.content
     result = image.clamp(0, 1)
-    if criterion.luminance_only:
+    if objective.criterion.luminance_only:
         result = transfer_luminance(result, content)
+    if config.smooth:
+        result = guided_filter(result, content)
+    rows = torch.arange(content.shape[0], device=content.device)
     with torch.no_grad():
-        final_targets = criterion.content_targets(content)
-        final_terms = criterion(result, content_targets=final_targets)
-        final_8bit = criterion(_as_saved(result, content, criterion.luminance_only), content_targets=final_targets).total
+        final = objective(result, rows)
+        final_8bit = objective(_as_saved(result, content, objective.criterion.luminance_only), rows)[2]
+    values = [_terms_of(*final, row) for row in range(content.shape[0])]
     for row in range(content.shape[0]):
-        record.add(row, final_terms, row, scale_index, float(final_8bit[row]))
+        record.add(row, values[row], scale_index, float(final_8bit[row]))
     synchronize(content.device)
     return TeacherResult(
         images=result.detach().cpu(),
         traces=record.traces,
-        final=[final_terms.item(i) for i in range(content.shape[0])],
+        final=values,
         iterations_run=record.iterations_run,
         stop_reasons=record.stop_reasons,
         seconds=time.perf_counter() - started,
-        weights=criterion.weights_description,
+        weights=objective.criterion.weights_description,
     )
 
 
@@ -358,12 +429,17 @@ def stylize_file(
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
     teacher: Teacher | None = None,
+    content_mask_path: str | None = None,
+    style_mask_path: str | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Stylise one content file with the style file(s): returns the image (3, H, W) and a report dict.
 
     The report holds the loss trace, the final terms, seconds, iterations run, why the
     optimisation stopped, which weights the loss network had, and the resolved config.
     ``teacher``: what runs the optimisation (default :func:`stylize`).
+    ``content_mask_path`` and ``style_mask_path`` (both or neither): colour-coded semantic
+    masks of the content and of the (single) style image; each region is then styled by
+    the style's region of the same colour.
     """
     config = config.resolved()
     # Every input is read and checked before any work, so a bad style file fails in a second, not after minutes.
@@ -373,14 +449,19 @@ def stylize_file(
     problem = content_size_problem(height, width, config.size)
     if problem is not None:
         raise TeacherInputError(f"{content_path}: {problem}")
+    masks = load_mask_pair(content_mask_path, style_mask_path, content.shape[-2:], [s.shape[-2:] for s in styles])
     result = result_size(height, width, config.size)
     check_memory(config, result, device=device, styles=[tuple(style.shape[-2:]) for style in styles])
     content = resize_image(content, long_side=config.size).unsqueeze(0).to(device)
-    criterion = build_criterion(config.criterion, styles, device=device)
-    result = (teacher or stylize)(criterion, content, config=config, style_image=styles[0].to(device), progress=progress)
+    content_masks = None if masks is None else resize_mask(masks[0], tuple(content.shape[-2:]))[None].to(device)
+    criterion = build_criterion(config.criterion, styles, device=device, style_mask=None if masks is None else masks[1])
+    result = (teacher or stylize)(
+        criterion, content, config=config, style_image=styles[0].to(device), progress=progress, content_masks=content_masks
+    )
     report = {
         "content": str(content_path),
         "styles": [str(path) for path in style_paths],
+        "masks": None if masks is None else {"content": str(content_mask_path), "style": str(style_mask_path)},
         "size": list(result.images.shape[-2:]),
         "weights": result.weights,
         "device": str(device),
@@ -392,3 +473,28 @@ def stylize_file(
         "config": to_dict(config),
     }
     return result.images[0], report
+
+
+def load_mask_pair(
+    content_mask_path: str | None,
+    style_mask_path: str | None,
+    content_size: Sequence[int],
+    style_sizes: Sequence[Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(content class map, style class map), each fitted to its photo's size, or ``None`` without masks.
+
+    Raises :class:`MaskError` for one mask without the other, several style images, an
+    unreadable mask, one of another photo's size, or masks with no region in common;
+    warns about regions only one mask has.
+    """
+    if content_mask_path is None and style_mask_path is None:
+        return None
+    if content_mask_path is None or style_mask_path is None:
+        missing = "--content-mask" if content_mask_path is None else "--style-mask"
+        raise MaskError(f"semantic masks come in pairs: {missing} is missing")
+    if len(style_sizes) != 1:
+        raise MaskError(f"semantic masks need exactly one style image, got {len(style_sizes)}")
+    content_mask = fit_mask(load_mask(content_mask_path), tuple(content_size), what=f"content mask {content_mask_path}")
+    style_mask = fit_mask(load_mask(style_mask_path), tuple(style_sizes[0]), what=f"style mask {style_mask_path}")
+    shared_regions(content_mask, style_mask, what=f"masks {content_mask_path} and {style_mask_path}")
+    return content_mask, style_mask

@@ -73,6 +73,15 @@ def test_a_refused_weights_file_never_quotes_the_advice_to_unpickle(tmp_path):
 # --------------------------------------------------------------------------- the target store's lock files
 
 
+def _mask(path, height, width, left=(0, 0, 0), right=(255, 255, 255)):
+    """A two-region mask in palette colours: ``left`` half and ``right`` half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.empty((height, width, 3), np.uint8)
+    array[:, : width // 2], array[:, width // 2 :] = left, right
+    Image.fromarray(array).save(path)
+    return path
+
+
 def _photo(path, height, width, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -212,6 +221,10 @@ def world(tmp_path_factory):
     w.contents = base / "contents"
     for i in range(3):
         _photo(w.contents / f"c{i}.png", 40, 48, seed=10 + i)
+    w.content_mask = _mask(base / "content_mask.png", 40, 48)
+    w.style_mask = _mask(base / "style_mask.png", 32, 32)
+    w.far_mask = _mask(base / "far_mask.png", 20, 20)
+    w.red_blue_mask = _mask(base / "red_blue_mask.png", 32, 32, left=(255, 0, 0), right=(0, 0, 255))
     w.notes = base / "notes.txt"
     w.notes.write_text("the user's notes\n")
     w.afile = base / "afile"
@@ -294,6 +307,27 @@ BAD_INPUTS = [
                                                  "--tv-weight", "nan"], "tv-weight", "finite"),
     _case(TEACHER, "--style-weight -1", lambda w: ["--content", w.content, "--output", w.base / "o.png", *_teacher(w),
                                                    "--style-weight", "-1"], "style-weight", ">= 0"),
+    _case(TEACHER, "--content-mask without --style-mask", lambda w: ["--content", w.content, "--output", w.base / "o.png",
+                                                                      *_teacher(w), "--content-mask", w.content_mask],
+          "--style-mask is missing"),
+    _case(TEACHER, "a mask of another photo", lambda w: ["--content", w.content, "--output", w.base / "o.png", *_teacher(w),
+                                                         "--content-mask", w.far_mask, "--style-mask", w.style_mask],
+          "far_mask.png", "within 4 px"),
+    _case(TEACHER, "masks with no region in common", lambda w: ["--content", w.content, "--output", w.base / "o.png",
+                                                                *_teacher(w), "--content-mask", w.content_mask,
+                                                                "--style-mask", w.red_blue_mask], "share no region"),
+    _case(TEACHER, "a mask that is not an image", lambda w: ["--content", w.content, "--output", w.base / "o.png",
+                                                             *_teacher(w), "--content-mask", w.content_mask,
+                                                             "--style-mask", w.notes], "notes.txt", "not an image"),
+    _case(TEACHER, "--photoreal-weight -1", lambda w: ["--content", w.content, "--output", w.base / "o.png", *_teacher(w),
+                                                       "--photoreal-weight", "-1"], "photoreal-weight", ">= 0"),
+    _case(TEACHER, "--style-mask with two styles", lambda w: ["--content", w.content, "--output", w.base / "o.png",
+                                                              *_teacher(w), "--style", w.style, "--content-mask",
+                                                              w.content_mask, "--style-mask", w.style_mask],
+          "--style-mask needs exactly one --style"),
+    _case(TEACHER, "--output is the mask", lambda w: ["--content", w.content, "--output", w.content_mask, *_teacher(w),
+                                                      "--content-mask", w.content_mask, "--style-mask", w.style_mask],
+          "--output", "content_mask.png"),
     _case(TEACHER, "--output below a file", lambda w: ["--content", w.content, "--output", w.afile / "o.png", *_teacher(w)],
           "--output", "is a file, not a folder"),
     _case(TEACHER, "--output in an unwritable folder", lambda w: ["--content", w.content, "--output", w.readonly / "o.png",
@@ -334,6 +368,15 @@ BAD_INPUTS = [
           "no image files"),
     _case(TARGETS, "a style that is not an image", lambda w: ["--content-dir", w.contents, "--out", w.base / "s",
                                                               *_teacher(w), "--style", w.notes], "notes.txt"),
+    _case(TARGETS, "--content-mask-dir without --style-mask", lambda w: ["--content-dir", w.contents, "--out", w.base / "s",
+                                                                          *_teacher(w), "--content-mask-dir", w.empty],
+          "--style-mask is missing"),
+    _case(TARGETS, "a missing mask folder", lambda w: ["--content-dir", w.contents, "--out", w.base / "s", *_teacher(w),
+                                                       "--content-mask-dir", w.base / "nomasks", "--style-mask", w.style_mask],
+          "nomasks", "no such folder"),
+    _case(TARGETS, "a style mask of another photo", lambda w: ["--content-dir", w.contents, "--out", w.base / "s", *_teacher(w),
+                                                               "--content-mask-dir", w.empty, "--style-mask", w.far_mask],
+          "far_mask.png", "within 4 px"),
     _case(TARGETS, "--out is someone else's folder", lambda w: ["--content-dir", w.contents, "--out", w.unrelated, *_teacher(w)],
           "unrelated", "not a target store"),
     _case(TARGETS, "--out is a file", lambda w: ["--content-dir", w.contents, "--out", w.afile, *_teacher(w)],

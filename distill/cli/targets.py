@@ -2,6 +2,8 @@
 
     python scripts/generate_targets.py --content-dir photos/ --style starry.jpg --out store/ \\
         --size 512 --iters 500 --batch-size 4 [--shard 0/4]
+    python scripts/generate_targets.py --content-dir photos/ --content-mask-dir masks/ --style dusk.jpg \
+        --style-mask dusk_mask.png --photoreal --out store/
     python scripts/generate_targets.py --out store/ --verify
 
 Rerunning the same command skips finished targets (also after kill -9); a changed teacher
@@ -47,6 +49,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = CommandParser(prog=prog or PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--content-dir", type=Path, help="folder of content images (walked recursively)")
+    io.add_argument(
+        "--content-mask-dir", type=Path,
+        help="semantic masks of the contents, paired by name (DIR/a/b.png for CONTENT_DIR/a/b.jpg); needs --style-mask",
+    )
     io.add_argument("--out", type=Path, required=True, help="target store folder (created if needed)")
     io.add_argument("--limit", type=int, default=None, help="use only the first N content files (sorted by path; N >= 1)")
     io.add_argument("--summary-json", type=Path, default=None, help="also write the run summary to this JSON file (.json)")
@@ -126,6 +132,8 @@ def _generate(args: argparse.Namespace) -> GenerationSummary:
             teacher=batch_invariant_teacher,
             progress=None if args.quiet else bars.update,
             log=write_line,
+            content_mask_dir=args.content_mask_dir,
+            style_mask_path=args.style_mask,
         )
     finally:
         bars.close()

@@ -30,6 +30,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--content", required=True, help="content image")
     parser.add_argument("--output", required=True, type=Path, help=f"output image ({', '.join(OUTPUT_FORMATS)}; .png for lossless)")
+    parser.add_argument("--content-mask", metavar="IMG", help="colour-coded semantic mask of --content (with --style-mask)")
     parser.add_argument("--report", type=Path, help="write a JSON report (.json): loss trace, final terms, seconds, iterations, weights")
     add_teacher_arguments(parser)
     return parser
@@ -38,6 +39,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def check_outputs(args: argparse.Namespace) -> None:
     """--output and --report can be written, have known suffixes and are none of the inputs; before any work."""
     inputs = [("--content", args.content), *(("--style", style) for style in args.style)]
+    inputs += [(option, path) for option, path in (("--content-mask", args.content_mask), ("--style-mask", args.style_mask)) if path]
     check_output_file(args.output, option="--output", inputs=inputs, suffixes=tuple(OUTPUT_FORMATS))
     if args.report is not None:
         check_output_file(args.report, option="--report", inputs=[*inputs, ("--output", args.output)], suffixes=(".json",))
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         device = resolve_device(args.device)
         with ProgressBar(desc="teacher", unit="eval") as bar:
             image, report = stylize_file(
-                args.content, args.style, config=config, device=device, progress=bar.update_to, teacher=batch_invariant_teacher
+                args.content, args.style, config=config, device=device, progress=bar.update_to, teacher=batch_invariant_teacher,
+                content_mask_path=args.content_mask, style_mask_path=args.style_mask,
             )
         warn_if_random(report["weights"])
         save_image(image, args.output)
@@ -61,7 +64,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     print(
         f"wrote {args.output} ({report['size'][1]}x{report['size'][0]}) in {report['seconds']:.1f} s, "
         f"{report['iterations_run']} evaluations ({report['stop_reason']}); total {final['total']:.4g} = "
-        f"content {final['content']:.4g} + style {final['style']:.4g} + tv {final['tv']:.4g}; weights: {report['weights']}",
+        f"content {final['content']:.4g} + style {final['style']:.4g} + tv {final['tv']:.4g}"
+        + (f" + photoreal {final['photoreal']:.4g}" if config.photoreal_weight else "")
+        + f"; weights: {report['weights']}",
         file=sys.stderr,
     )
     return 0

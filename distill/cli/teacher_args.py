@@ -17,7 +17,7 @@ import torch
 from distill.cli.console import fail
 from distill.objective.config import LAYER_WEIGHTINGS, NORMALISATIONS, POOLINGS, STYLE_STATISTICS, CriterionConfig
 from teachers import gatys
-from teachers.gatys import INIT_CHOICES, MIN_SIDE, TeacherConfig, TeacherResult
+from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, TeacherConfig, TeacherResult, photoreal_teacher
 from teachers.pyramid import PARAMETERISATIONS
 
 
@@ -67,6 +67,14 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         "--layer-weighting", choices=LAYER_WEIGHTINGS,
         help=f"per-style-layer weights (default {criterion.layer_weighting}; classic {classic.layer_weighting})",
     )
+    group.add_argument(
+        "--photoreal", action="store_true",
+        help="Deep Photo Style Transfer: add the content photo's matting-Laplacian penalty so the style changes colours, "
+        f"not structure (weight {DEFAULT_PHOTOREAL_WEIGHT:g}; pixels parameterisation, one scale; --scales is ignored)",
+    )
+    group.add_argument("--photoreal-weight", type=float, help=f"weight of the photorealism term (implies --photoreal; default {DEFAULT_PHOTOREAL_WEIGHT:g})")
+    group.add_argument("--style-mask", metavar="IMG", help="colour-coded semantic mask of the (single) --style image; needs content masks too")
+    group.add_argument("--smooth", action="store_true", help="guided-filter the result with the content as guide (locally affine colours)")
     group.add_argument("--pooling", choices=POOLINGS, default=criterion.pooling, help="loss-network pooling (default %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="seeds random weights and noise initialisation (default %(default)s)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
@@ -105,11 +113,16 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         )
     except ValueError as exc:
         fail(str(exc))
+    if args.style_mask is not None and len(args.style) != 1:
+        fail(f"--style-mask needs exactly one --style image, got {len(args.style)}")
     try:
-        return TeacherConfig(
+        config = TeacherConfig(
             criterion=criterion, size=args.size, iterations=args.iters, init=args.init, scales=tuple(args.scales), seed=args.seed,
-            parameterisation=args.parameterisation,
-        ).resolved()
+            parameterisation=args.parameterisation, smooth=args.smooth,
+        )
+        if args.photoreal or args.photoreal_weight is not None:
+            config = photoreal_teacher(config, weight=DEFAULT_PHOTOREAL_WEIGHT if args.photoreal_weight is None else args.photoreal_weight)
+        return config.resolved()
     except ValueError as exc:
         fail(str(exc))
 

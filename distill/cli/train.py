@@ -95,6 +95,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=_count)
     p.add_argument("--image-interval", type=_count)
     p.add_argument("--checkpoint-interval", type=_count)
+    p.add_argument("--smooth-output", action=argparse.BooleanOptionalAction, default=None,
+                   help="guided-filter the student's output with its input (photographic results); default: on for photoreal targets")
     p.add_argument("--unfreeze-step", type=_count, help="timm_encoder: train the encoder from this step on")
     p.add_argument("--loss-weights", help="loss-network weights override (pretrained, random or a file)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field")
@@ -107,7 +109,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     names = ("targets", "student", "student_kwargs", "config_hash", "steps", "batch_size", "device", "lr",
              "warmup_steps", "lr_decay_steps", "schedule", "grad_clip", "distill_weight", "crop_size", "precision",
              "channels_last", "compile", "seed", "num_workers", "log_interval", "eval_interval", "eval_size",
-             "image_interval", "checkpoint_interval", "unfreeze_step", "loss_weights")
+             "image_interval", "checkpoint_interval", "unfreeze_step", "loss_weights", "smooth_output")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.distill_kind is not None:
         overrides["distill_kind"] = [k.strip() for k in args.distill_kind.split(",") if k.strip()]

@@ -18,8 +18,10 @@ from torch import nn
 
 from distill.core.color import luminance_as_rgb
 from distill.core.imageio import resize_image
+from distill.core.masks import MIN_REGION_FRACTION, region_fractions
 from distill.objective.config import NORMALISATIONS, STYLE_STATISTICS, CriterionConfig, CriterionError
 from distill.objective.lossnet import LossNetwork, build_loss_network
+from distill.objective.regions import RegionTargets, region_style_error, region_targets
 from distill.objective.terms import (
     content_loss,
     gram_embedding,
@@ -103,6 +105,7 @@ class StyleCriterion(nn.Module):
         style_statistic: str = "gram",
         sw_directions: Mapping[str, torch.Tensor] | None = None,
         sw_quantiles: Mapping[str, torch.Tensor] | None = None,
+        regions: Mapping[str, RegionTargets] | None = None,
     ) -> None:
         super().__init__()
         if normalisation not in NORMALISATIONS:
@@ -130,6 +133,15 @@ class StyleCriterion(nn.Module):
             for layer in self.style_layers:
                 self.register_buffer(f"sw_directions_{_key(layer)}", sw_directions[layer].float())
                 self.register_buffer(f"sw_quantiles_{_key(layer)}", sw_quantiles[layer].float())
+        #: Palette classes with region-by-region style targets (semantic masks), or None.
+        self.region_classes: tuple[int, ...] | None = None
+        if regions is not None:
+            self.region_classes = regions[self.style_layers[0]].classes
+            for layer in self.style_layers:
+                self.register_buffer(f"region_grams_{_key(layer)}", regions[layer].grams.float())
+                self.register_buffer(f"region_present_{_key(layer)}", regions[layer].present)
+                if regions[layer].quantiles is not None:
+                    self.register_buffer(f"region_quantiles_{_key(layer)}", regions[layer].quantiles.float())
 
     @property
     def weights_description(self) -> str:
@@ -142,6 +154,13 @@ class StyleCriterion(nn.Module):
     def sw_target(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Projection directions (C, K) and the style's quantiles (1, K, Q) of ``layer``."""
         return getattr(self, f"sw_directions_{_key(layer)}"), getattr(self, f"sw_quantiles_{_key(layer)}")
+
+    def region_target(self, layer: str) -> RegionTargets:
+        """The style's per-region statistics of ``layer`` (only with semantic masks)."""
+        quantiles = getattr(self, f"region_quantiles_{_key(layer)}", None)
+        return RegionTargets(
+            self.region_classes, getattr(self, f"region_grams_{_key(layer)}"), quantiles, getattr(self, f"region_present_{_key(layer)}")
+        )
 
     def measured(self, images: torch.Tensor) -> torch.Tensor:
         """What the loss network sees: the images, or their luminance in colour-preserving mode."""
@@ -168,14 +187,18 @@ class StyleCriterion(nn.Module):
         *,
         content: torch.Tensor | None = None,
         content_targets: Mapping[str, torch.Tensor] | None = None,
+        content_masks: torch.Tensor | None = None,
     ) -> LossTerms:
+        """Loss terms of ``images``; ``content_masks`` (B, H, W) class maps, needed when the style has masks."""
         if (content is None) == (content_targets is None):
             raise ValueError("pass exactly one of content or content_targets")
+        if (self.region_classes is not None) != (content_masks is not None):
+            raise ValueError("content masks are needed exactly when the style was given a mask")
         if content_targets is None:
             content_targets = self.content_targets(content)
         features = self.features(images)
         content_term = self.content_distance(features, content_targets)
-        style_term = self._style_term(features)
+        style_term = self._style_term(features, content_masks)
         tv_term = total_variation(images) if self.tv_weight else torch.zeros_like(style_term)
         return LossTerms(
             content=self.content_weight * content_term,
@@ -190,12 +213,19 @@ class StyleCriterion(nn.Module):
         terms = [relative_content_loss(features[layer], targets[layer]) for layer in self.content_layers]
         return sum(terms) / len(terms)
 
-    def _style_term(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _style_term(self, features: Mapping[str, torch.Tensor], content_masks: torch.Tensor | None) -> torch.Tensor:
         total = None
         for layer in self.style_layers:
-            error = self.style_layer_error(layer, features[layer])
-            if self.normalisation == "scale_free":
-                error = error / self._style_scale(layer)
+            if content_masks is not None:
+                directions = self.sw_target(layer)[0] if self.style_statistic == "sliced_wasserstein" else None
+                error = region_style_error(
+                    features[layer], content_masks, self.region_target(layer), directions,
+                    relative=self.normalisation == "scale_free",
+                )
+            else:
+                error = self.style_layer_error(layer, features[layer])
+                if self.normalisation == "scale_free":
+                    error = error / self._style_scale(layer)
             term = self.style_layer_weights[layer] * error
             total = term if total is None else total + term
         if total is None:
@@ -233,6 +263,7 @@ def build_criterion(
     *,
     device: str | torch.device = "cpu",
     network: LossNetwork | None = None,
+    style_mask: torch.Tensor | None = None,
 ) -> StyleCriterion:
     """Build the criterion: loss network from ``config`` and blended style targets.
 
@@ -241,7 +272,9 @@ def build_criterion(
     ``config.style_blend`` (normalised to sum to 1); for the sliced-Wasserstein statistic
     their quantile functions are averaged with the same weights (the Wasserstein
     barycentre along each direction). ``network``: reuse an already built loss network
-    (it must match the config). Warns (:class:`StyleTooSmallWarning`) when a style image is too
+    (it must match the config). ``style_mask``: a class map (H, W) of the (single) style
+    image at its given size (:mod:`distill.core.masks`): the style statistics are then
+    kept region by region, and every call needs the content's masks. Warns (:class:`StyleTooSmallWarning`) when a style image is too
     small for a deep style layer; raises :class:`CriterionError` when the network gives
     non-finite features.
     """
@@ -251,6 +284,8 @@ def build_criterion(
     blend = config.style_blend or tuple(1.0 for _ in style_images)
     if len(blend) != len(style_images):
         raise CriterionError(f"{len(style_images)} style image(s) but {len(blend)} style blend weight(s)")
+    if style_mask is not None and len(style_images) != 1:
+        raise CriterionError(f"a style mask needs exactly one style image, got {len(style_images)}")
     content_layers, style_layers = config.resolved_layers()
     if network is None:
         network = build_loss_network(
@@ -271,11 +306,14 @@ def build_criterion(
     grams: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     quantiles: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     measure = luminance_as_rgb if config.luminance_only else (lambda x: x)
+    regions = None
     with torch.no_grad():
         for image, weight in zip(style_images, weights):
             if config.style_size is not None:
                 image = resize_image(image, long_side=config.style_size)
             features = network(measure(image.unsqueeze(0).to(device)))
+            if style_mask is not None:
+                regions = _region_targets(features, style_mask, style_layers, directions)
             for layer in style_layers:
                 _check_style_features(features[layer], layer, image.shape[-2:], config.weights)
                 grams[layer] = grams[layer] + weight * gram_matrix(features[layer])
@@ -296,7 +334,28 @@ def build_criterion(
         style_statistic=config.style_statistic,
         sw_directions=directions,
         sw_quantiles=quantiles if directions is not None else None,
+        regions=regions,
     ).to(device)
+
+
+def _region_targets(
+    features: Mapping[str, torch.Tensor],
+    style_mask: torch.Tensor,
+    layers: Sequence[str],
+    directions: Mapping[str, torch.Tensor] | None,
+) -> dict[str, RegionTargets]:
+    """Per-region style statistics of every style layer, for the classes that cover enough of the mask."""
+    classes = tuple(k for k, f in region_fractions(style_mask).items() if f >= MIN_REGION_FRACTION)
+    regions = {
+        layer: region_targets(features[layer].cpu(), style_mask, classes, None if directions is None else directions[layer])
+        for layer in layers
+    }
+    if not any(bool(target.present.any()) for target in regions.values()):
+        raise CriterionError(
+            f"the style mask's regions are too small for every style layer ({', '.join(layers)}): "
+            "use a larger --style-size or shallower style layers"
+        )
+    return regions
 
 
 def _projection_directions(channels: Mapping[str, int], layers: Sequence[str], *, seed: int) -> dict[str, torch.Tensor]:

@@ -68,9 +68,9 @@ def stylisation_figures(output: torch.Tensor, content: torch.Tensor, style: torc
     style = resize_image(_as_image(style), long_side=max(output.shape[-2:]), antialias=True)
     recoloured = match_colour_statistics(content, style)
 
-    style_colours = _lab_pixels(style)
-    colour_content = sliced_wasserstein(_lab_pixels(content), style_colours)
-    colour_output = sliced_wasserstein(_lab_pixels(output), style_colours)
+    style_colours = lab_pixels(style)
+    colour_content = sliced_wasserstein(lab_pixels(content), style_colours)
+    colour_output = sliced_wasserstein(lab_pixels(output), style_colours)
 
     style_texture = texture_descriptor(style)
     texture_reference = texture_distance(texture_descriptor(recoloured), style_texture)
@@ -218,7 +218,7 @@ def _radial_spectrum(plane: torch.Tensor) -> np.ndarray:
     return np.log10(np.asarray(bands) + 1e-12)
 
 
-def _lab_pixels(image: torch.Tensor) -> torch.Tensor:
+def lab_pixels(image: torch.Tensor) -> torch.Tensor:
     """Pixels (N, 3) in CIELAB (D65), so colour distances follow perceived differences."""
     lab = rgb2lab(image.permute(1, 2, 0).numpy().astype(np.float64))
     return torch.from_numpy(lab.reshape(-1, 3))

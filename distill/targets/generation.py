@@ -32,8 +32,10 @@ from distill.core.errors import BadImageError, ConfigError, DeviceError, one_lin
 from distill.core.devices import resolve_device
 from distill.core.files import sha256_file, write_text_atomic
 from distill.core.imageio import IMAGE_SUFFIXES, list_images, load_image, quantize_8bit, resize_image, save_image
+from distill.core.masks import MaskError, fit_mask, load_mask
 from distill.objective.criterion import StyleCriterion, build_criterion
 from distill.objective.lossnet import LossNetwork, weights_file
+from distill.targets.content_masks import ContentMaskError, ContentMasks
 from distill.targets.locks import KeyLocks
 from distill.targets.manifest import RECORD_VERSION, ManifestReader, ManifestWriter
 from distill.targets.store import TargetStore, describe_config, entry_key
@@ -148,9 +150,11 @@ ProgressCallback = Callable[[GenerationProgress], None]
 class _Content:
     path: Path
     display: str  # the path as given, for messages and the manifest
-    content_hash: str = ""
+    content_hash: str = ""  # of the file; with masks, of the file and its mask (ContentMasks.content_key)
     size_bytes: int = 0
     error: str = ""  # set when the file could not even be hashed
+    mask_path: Path | None = None  # its semantic mask, when the run has masks
+    mask: torch.Tensor | None = None  # that mask at the teacher's size, once loaded
 
 
 class _Skip(Exception):
@@ -196,6 +200,8 @@ def generate_targets(
     teacher: gatys.Teacher | None = None,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
+    content_mask_dir: str | os.PathLike | None = None,
+    style_mask_path: str | os.PathLike | None = None,
 ) -> GenerationSummary:
     """Compute the missing teacher targets of this shard's contents and record them in the store.
 
@@ -208,7 +214,9 @@ def generate_targets(
     optimisation (default :func:`teachers.gatys.stylize`; on the CPU a batch matches
     single images exactly only with oneDNN off, see there). ``log`` receives the
     per-file lines and warnings, ``progress`` :class:`GenerationProgress` reports; both
-    default to silence.
+    default to silence. ``content_mask_dir`` and ``style_mask_path`` (both or neither):
+    semantic masks (:mod:`distill.targets.content_masks`); a content without a mask is
+    skipped with a logged line.
     """
     started = time.perf_counter()
     log = log or _silent
@@ -216,20 +224,13 @@ def generate_targets(
     device, style_paths, files = _checked_inputs(
         teacher_config, content_dir, style_paths, store_root, batch_size=batch_size, shard=shard, device=device, limit=limit
     )
-
-    store, config_hash = TargetStore.open_or_create(store_root, teacher_config=teacher_config, style_paths=style_paths)
-    weights = teacher_config.criterion.weights
-    summary = GenerationSummary(
-        store_root=str(store.root),
-        config_hash=config_hash,
-        config=describe_config(teacher_config),
-        shard=(shard[0], shard[1]),
-        files=len(files),
-        weights=weights,
-        random_weights=weights == "random",
-        device=device,
-        batch_size=batch_size,
+    masks = _check_masks(content_dir, content_mask_dir, style_mask_path, style_paths)
+    store, config_hash = TargetStore.open_or_create(
+        store_root, teacher_config=teacher_config, style_paths=style_paths,
+        style_mask_path=None if masks is None else Path(style_mask_path),
     )
+    summary = _new_summary(store, config_hash, teacher_config, shard=shard, files=len(files), device=device,
+                           batch_size=batch_size)
     if summary.random_weights:
         log(
             "WARNING: the loss network has RANDOM weights (--weights random): a seeded random texture network "
@@ -237,7 +238,7 @@ def generate_targets(
         )
     _remove_stale_temp_files(store, config_hash)
 
-    items = _distinct_contents(_hash_contents(files, progress), shard, summary, log)
+    items = _distinct_contents(_pair_masks(_hash_contents(files, progress), masks), shard, summary, log)
     reader = ManifestReader(store.manifest_dir(config_hash))
     finished = _finished_contents(store, reader)
     pending = [item for item in items if item.content_hash not in finished]
@@ -254,7 +255,8 @@ def generate_targets(
             store.manifest_dir(config_hash), writer_name=f"{shard_index}of{shard_count}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         run = _Run(store, config_hash, teacher_config, summary=summary, reader=reader, finished=finished, writer=writer,
-                   device=device, batch_size=batch_size, network=network, teacher=teacher, log=log, progress=progress)
+                   device=device, batch_size=batch_size, network=network, teacher=teacher, log=log, progress=progress,
+                   masks=masks)
         try:
             run.process(pending)
         finally:
@@ -262,6 +264,17 @@ def generate_targets(
     summary.finished = time.time()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _new_summary(
+    store: TargetStore, config_hash: str, config: TeacherConfig, *, shard: tuple[int, int], files: int, device: str,
+    batch_size: int,
+) -> GenerationSummary:
+    weights = config.criterion.weights
+    return GenerationSummary(
+        store_root=str(store.root), config_hash=config_hash, config=describe_config(config), shard=(shard[0], shard[1]),
+        files=files, weights=weights, random_weights=weights == "random", device=device, batch_size=batch_size,
+    )
 
 
 def time_teacher(
@@ -423,8 +436,10 @@ class _Run:
         teacher: gatys.Teacher | None,
         log: Callable[[str], None],
         progress: ProgressCallback | None,
+        masks: ContentMasks | None = None,
     ) -> None:
         self.store = store
+        self.masks = masks
         self.config_hash = config_hash
         self.config = teacher_config
         self.summary = summary
@@ -456,7 +471,9 @@ class _Run:
         if self._criterion is None:
             config = self.config.criterion
             styles = self.store.style_images(self.config_hash)  # the store's copies: what readers will use
-            self._criterion = build_criterion(config, styles, device=self.device, network=self.network)
+            self._criterion = build_criterion(
+                config, styles, device=self.device, network=self.network, style_mask=self.store.style_mask(self.config_hash)
+            )
             self._style_image = styles[0].to(self.device)
             self.summary.weights = self._criterion.weights_description
             self.summary.random_weights = self._criterion.network.is_random
@@ -492,9 +509,22 @@ class _Run:
         tensor the teacher optimised from.
         """
         copy = self.store.content_file(item.content_hash, self.config.size)
+        image = None
         if copy.is_file():
             with contextlib.suppress(BadImageError):
-                return load_image(copy)  # another config at this size already made it
+                image = load_image(copy)  # another config at this size already made it
+        if image is None:
+            image = self._new_content_copy(item, copy)
+        if self.masks is not None:
+            try:
+                item.mask, messages = self.masks.teacher_mask(item.path, item.mask_path, tuple(image.shape[-2:]))
+            except (MaskError, BadImageError) as exc:
+                raise _Skip(str(exc)) from None
+            for message in messages:
+                self.log(f"warning: {item.display}: {message}")
+        return image
+
+    def _new_content_copy(self, item: _Content, copy: Path) -> torch.Tensor:
         try:
             image = load_image(item.path)
         except BadImageError as exc:
@@ -533,9 +563,11 @@ class _Run:
     def _teach(self, batch: list[tuple[_Content, torch.Tensor]]) -> None:
         criterion = self.criterion
         content = torch.stack([image for _, image in batch]).to(self.device)
+        masks = None if self.masks is None else torch.stack([item.mask for item, _ in batch]).to(self.device)
         teacher = self.teacher or gatys.stylize  # looked up now: tests replace gatys.stylize
         try:
-            result = teacher(criterion, content, config=self.config, style_image=self._style_image, progress=self._iteration)
+            result = teacher(criterion, content, config=self.config, style_image=self._style_image, progress=self._iteration,
+                             **({} if masks is None else {"content_masks": masks}))
         except Exception as exc:  # one bad image (or an OOM at this batch size) must not fail the others
             if len(batch) > 1:
                 self.log(f"teacher failed on a batch of {len(batch)} ({type(exc).__name__}: {exc}); retrying one by one")
@@ -615,6 +647,43 @@ class _Run:
         self.progress(GenerationProgress(
             stage, done, total, new=summary.new, skipped=summary.skipped, failed=len(summary.failed), busy=summary.busy
         ))
+
+
+def _check_masks(
+    content_dir: str | os.PathLike,
+    content_mask_dir: str | os.PathLike | None,
+    style_mask_path: str | os.PathLike | None,
+    style_paths: Sequence[Path],
+) -> ContentMasks | None:
+    """The run's content masks, or ``None``; :class:`GenerationInputError` for half a pair or a bad style mask."""
+    if content_mask_dir is None and style_mask_path is None:
+        return None
+    if content_mask_dir is None or style_mask_path is None:
+        missing = "--content-mask-dir" if content_mask_dir is None else "--style-mask"
+        raise GenerationInputError(f"semantic masks come in pairs: {missing} is missing")
+    if len(style_paths) != 1:
+        raise GenerationInputError(f"--style-mask needs exactly one --style image, got {len(style_paths)}")
+    try:
+        style_mask = fit_mask(load_mask(style_mask_path), tuple(load_image(style_paths[0]).shape[-2:]),
+                              what=f"style mask {style_mask_path}")
+        return ContentMasks(content_dir, content_mask_dir, style_mask)
+    except (MaskError, ContentMaskError) as exc:
+        raise GenerationInputError(str(exc)) from None
+
+
+def _pair_masks(contents: list[_Content], masks: ContentMasks | None) -> list[_Content]:
+    """With masks: each content's mask file, and its key made from both files; no mask is an error for that content."""
+    if masks is None:
+        return contents
+    for item in contents:
+        if item.error or not item.size_bytes:
+            continue
+        item.mask_path = masks.mask_file(item.path)
+        if item.mask_path is None:
+            item.error = f"no mask of the same name in {masks.mask_dir}"
+        else:
+            item.content_hash = masks.content_key(item.content_hash, item.mask_path)
+    return contents
 
 
 def _hash_contents(files: list[Path], progress: ProgressCallback | None) -> list[_Content]:

@@ -61,6 +61,7 @@ from distill.core.config import from_dict, to_dict
 from distill.core.errors import BadImageError, StoreError
 from distill.core.files import sha256_file, sha256_json, write_json_atomic
 from distill.core.imageio import load_image, save_image
+from distill.core.masks import MaskError, load_mask, mask_image
 from distill.objective.criterion import StyleCriterion, build_criterion
 from distill.objective.lossnet import weights_file
 from distill.targets.manifest import ManifestReader
@@ -190,12 +191,15 @@ class TargetStore:
         *,
         teacher_config: TeacherConfig,
         style_paths: list[Path],
+        style_mask_path: Path | None = None,
     ) -> tuple["TargetStore", str]:
         """Open (creating if needed) the store at ``root`` and register a teacher config.
 
         Copies each style image into ``styles/`` as PNG and writes
         ``configs/<config_hash>.json`` if absent. Safe to call from several processes at
         once: every file is written atomically and has the same content in each process.
+        ``style_mask_path``: the semantic mask of the single style image; it is copied
+        (snapped to its palette) into ``styles/`` and its hash enters the config hash.
         Returns ``(store, config_hash)``. Raises :class:`StoreError` if ``root`` is a
         non-empty folder that is not a store, and :class:`distill.core.errors.BadImageError`
         for an unreadable style image (before anything is written).
@@ -210,6 +214,7 @@ class TargetStore:
         for path in style_paths:
             image = load_image(path)  # BadImageError names the file and the reason
             styles.append((path, sha256_file(path), image))
+        style_mask = None if style_mask_path is None else (Path(style_mask_path), sha256_file(style_mask_path), load_mask(style_mask_path))
         if root.exists() and not (root / "store.json").exists():
             if not root.is_dir():
                 raise StoreError(f"{root}: exists and is not a folder")
@@ -237,7 +242,10 @@ class TargetStore:
         style_hashes = [record["hash"] for record in style_records]
         weights = weights_file(teacher_config.criterion.weights)
         weights_sha256 = None if weights is None else sha256_file(weights)
-        config_hash = compute_config_hash(teacher_config, style_hashes, weights_sha256=weights_sha256)
+        mask_record = None if style_mask is None else store._copy_style_mask(*style_mask)
+        config_hash = compute_config_hash(
+            teacher_config, style_hashes, weights_sha256=weights_sha256, style_mask_sha256=mask_record and mask_record["hash"]
+        )
         config_file = store.root / "configs" / f"{config_hash}.json"
         if not config_file.exists():
             record = {
@@ -248,8 +256,17 @@ class TargetStore:
             }
             if weights_sha256 is not None:
                 record["weights_sha256"] = weights_sha256
+            if mask_record is not None:
+                record["style_mask"] = mask_record
             write_json_atomic(config_file, record)
         return store, config_hash
+
+    def _copy_style_mask(self, path: Path, mask_hash: str, mask: torch.Tensor) -> dict[str, str]:
+        """The style mask copied (in palette colours) into ``styles/``; its config record."""
+        copy = self.root / "styles" / f"{mask_hash}.mask.png"
+        if not copy.exists():
+            save_image(mask_image(mask), copy)
+        return {"hash": mask_hash, "file": copy.relative_to(self.root).as_posix(), "name": path.name}
 
     # ------------------------------------------------------------------ configs
 
@@ -290,7 +307,8 @@ class TargetStore:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: unreadable config record ({exc})") from None
-            recomputed = _config_hash(record.get("teacher"), record.get("styles"), record.get("weights_sha256"))
+            mask_hash = (record.get("style_mask") or {}).get("hash")
+            recomputed = _config_hash(record.get("teacher"), record.get("styles"), record.get("weights_sha256"), mask_hash)
             if recomputed != config_hash:
                 raise StoreError(f"{path}: content does not match its hash (edited by hand?)")
             self._configs[config_hash] = record
@@ -306,6 +324,16 @@ class TargetStore:
     def style_paths(self, config_hash: str | None = None) -> list[Path]:
         """Absolute paths of the store's style copies, in blend order."""
         return [self.root / record["file"] for record in self.config_record(config_hash)["style_files"]]
+
+    def style_mask(self, config_hash: str | None = None) -> torch.Tensor | None:
+        """The style image's semantic mask as a class map (H, W), or ``None`` for a config without masks."""
+        record = self.config_record(config_hash).get("style_mask")
+        if record is None:
+            return None
+        try:
+            return load_mask(self.root / record["file"])
+        except MaskError as exc:
+            raise StoreError(f"style mask copy unreadable: {exc}") from None
 
     def style_images(self, config_hash: str | None = None) -> list[torch.Tensor]:
         """The style images (3, H, W) in [0, 1], read from the store's own copies, in blend order."""
@@ -335,6 +363,8 @@ class TargetStore:
             criterion_config = dataclasses.replace(criterion_config, weights=weights)
         else:
             self._check_weights_file(config_hash)
+        # Global style statistics even when the targets were made with semantic masks: a
+        # student's training photos have no masks; it learns the regions from the targets.
         return build_criterion(criterion_config, self.style_images(config_hash), device=device)
 
     def _check_weights_file(self, config_hash: str | None) -> None:
@@ -505,21 +535,32 @@ class TargetStore:
 
 
 def compute_config_hash(
-    teacher_config: TeacherConfig, style_hashes: Iterable[str], *, weights_sha256: str | None = None
+    teacher_config: TeacherConfig,
+    style_hashes: Iterable[str],
+    *,
+    weights_sha256: str | None = None,
+    style_mask_sha256: str | None = None,
 ) -> str:
     """``sha256_json({"teacher": to_dict(config), "styles": [style hashes in blend order]})``.
 
     ``weights_sha256``: the SHA-256 of the loss-network weights file, when the criterion
     reads one; it stands in the hashed dict for the file's path, so that moving or
     renaming the file keeps the key and changing its content makes a new one.
+    ``style_mask_sha256``: the style's semantic mask file, when there is one (added to the
+    hashed dict as ``"style_mask"``; configs without masks keep the plain formula).
     """
-    return _config_hash(to_dict(teacher_config), list(style_hashes), weights_sha256)
+    return _config_hash(to_dict(teacher_config), list(style_hashes), weights_sha256, style_mask_sha256)
 
 
-def _config_hash(teacher: dict[str, Any] | None, styles: list[str] | None, weights_sha256: str | None) -> str:
+def _config_hash(
+    teacher: dict[str, Any] | None, styles: list[str] | None, weights_sha256: str | None, style_mask_sha256: str | None = None
+) -> str:
     if weights_sha256 is not None and teacher is not None:
         teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
-    return sha256_json({"teacher": teacher, "styles": styles})
+    hashed = {"teacher": teacher, "styles": styles}
+    if style_mask_sha256 is not None:
+        hashed["style_mask"] = style_mask_sha256
+    return sha256_json(hashed)
 
 
 def entry_key(config_hash: str, content_hash: str) -> str:
@@ -546,5 +587,7 @@ def describe_config(config: TeacherConfig) -> str:
     return (
         f"{c.backbone}/{c.weights}, {c.normalisation} {c.style_statistic}, size {config.size}, "
         f"{config.iterations} iters, init {config.init}"
+        + (f", photoreal {config.photoreal_weight:g}" if config.photoreal_weight else "")
+        + (", smoothed" if config.smooth else "")
     )
 

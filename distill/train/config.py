@@ -60,6 +60,9 @@ class TrainConfig:
     student: str = "johnson"  # registered student name (students.list_students())
     # architecture options, stored in the checkpoint; not hashed (a dict is not hashable)
     student_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    # Guided-filter the student's output with its input (students.registry.AffineSmoothedStudent):
+    # photographic outputs. None: on when the store's teacher is photorealistic (--photoreal).
+    smooth_output: bool | None = None
     unfreeze_step: int | None = None  # timm_encoder: the (frozen at start) encoder trains from this step on; None = never
     # objective
     # Pull towards the teacher image: pixel_l1, pixel_l2, ssim (1 - SSIM) and/or feature

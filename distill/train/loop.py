@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.core.config import to_dict
+from distill.core.config import replace, to_dict
 from distill.core.devices import isolated_rng, resolve_device, synchronize
 from distill.core.errors import ConfigError, NumericalError, StoreError, one_line
 from distill.core.files import write_text_atomic
@@ -139,6 +139,8 @@ def train(
     loop = None
     try:
         data = _prepare_data(store, config, device)
+        if config.smooth_output is None:  # decided by the teacher: photorealistic targets get a smoothed student
+            config = replace(config, smooth_output=bool(data.extra["teacher_config"].get("photoreal_weight", 0.0)))
         with isolated_rng(config.seed):
             model = _build_student(config, data.criterion, device, resumed)
             loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
@@ -249,8 +251,10 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
 def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch.device,
                    resumed: ResumeState | None) -> _Model:
     """The student, its optimiser and loss scaler; with ``resumed``, as the saved run left them (random state too)."""
-    # A colour-preserving teacher's student carries the chroma transfer inside the model.
-    student = create_student(config.student, preserve_color=bool(criterion.luminance_only), **config.student_kwargs)
+    # A colour-preserving teacher's student carries the chroma transfer inside the model, a
+    # photorealistic teacher's student its affine smoothing (TrainConfig.smooth_output).
+    student = create_student(config.student, preserve_color=bool(criterion.luminance_only),
+                             smooth_output=bool(config.smooth_output), **config.student_kwargs)
     student = student.to(device)
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
