@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run")
     parser.add_argument("--label", default="", help="suffix of the results file and gallery")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--crops", type=int, default=2, help="training crops per photo at other scales (default %(default)s)")
     parser.add_argument(
         "--photoreal", action="store_true",
         help="photorealistic teacher (--photoreal) with a photo as the style (default DATA/photoreal/style/in53.png); "
@@ -96,7 +97,7 @@ def main() -> None:
     device = resolve_device(args.device)
     default_style = args.data / ("photoreal/style/in53.png" if args.photoreal else "style/rain-princess-cropped.jpg")
     style = args.style or default_style
-    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, exclude=style)
+    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, exclude=style, crops=args.crops)
     plain = TeacherConfig(
         criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size, iterations=args.iters
     ).resolved()
@@ -142,7 +143,7 @@ def main() -> None:
     print(f"wrote {HERE / 'results' / (name + '.md')}")
 
 
-def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = None) -> tuple[Path, Path]:
+def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = None, crops: int = 2) -> tuple[Path, Path]:
     """Training and held-out photo folders (PNG, long side 2x the teacher's size); ``exclude``: the style photo."""
     train_dir, heldout_dir = work / "photos_train", work / "photos_heldout"
     if train_dir.is_dir() and heldout_dir.is_dir():
@@ -163,7 +164,7 @@ def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = 
         save_image(image, train_dir / f"{_stem(path)}.png")
         # Two crops at other scales: the teacher's texture has a fixed size in pixels, so a
         # student must see photos at several scales to learn it (targets are made per crop).
-        for index, fraction in enumerate((0.5, 0.7)):
+        for index, fraction in enumerate((0.5, 0.7, 0.85)[:crops]):
             height, width = image.shape[-2:]
             crop_h, crop_w = max(16, round(height * fraction)), max(16, round(width * fraction))
             top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))

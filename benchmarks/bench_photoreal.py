@@ -44,10 +44,19 @@ from distill.objective.config import CriterionConfig  # noqa: E402
 from distill.objective.criterion import build_criterion  # noqa: E402
 from distill.objective.matting import matting_laplacian  # noqa: E402
 from distill.report.photometrics import photoreal_figures  # noqa: E402
+from distill.samples import sample_photo_paths  # noqa: E402
 from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, TeacherConfig, load_mask_pair, photoreal_teacher, stylize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "photoreal"
+#: Pairs no tuning saw (``--sample-pairs``): photos that installed packages carry, each with
+#: another photo as its style, without masks (the whole image is one region).
+SAMPLE_PAIRS = {
+    "astronaut": "video/mountain/frame_0001.png",
+    "coffee": "sample:rocket",
+    "chelsea": "sample:motorcycle",
+    "grace_hopper": "sample:coffee",
+}
 #: The issue's bar: residual ratio to plain Gatys, every region's colour, structure kept.
 BAR = {"residual_ratio": 0.35, "min_region_colour_moved": 0.6, "structure_kept": 0.6}
 
@@ -61,7 +70,7 @@ def teacher_configs(size: int, iterations: int) -> dict[str, TeacherConfig]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with content/, style/, content_seg/, style_seg/")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with content/, style/ and optional content_seg/, style_seg/ (same file names)")
     parser.add_argument("--pairs", nargs="*", help="pair names (default: every content/*)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--iters", type=int, default=300)
@@ -69,6 +78,8 @@ def main() -> None:
                         help="sizes for Laplacian and teacher time and memory (none: skip)")
     parser.add_argument("--scaling-iters", type=int, default=10, help="teacher iterations timed per scaling size")
     parser.add_argument("--label", default="shared")
+    parser.add_argument("--sample-pairs", action="store_true",
+                        help="unseen pairs made from the sample photos of installed packages (SAMPLE_PAIRS), no masks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scaling-child", nargs=2, metavar=("SIZE", "ITERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,6 +89,8 @@ def main() -> None:
         return
 
     device = torch.device(args.device)
+    if args.sample_pairs:
+        args.data = prepare_sample_pairs(HERE / "work" / "photoreal_samples")
     names = args.pairs or [p.name for p in list_images(args.data / "content")]
     rows, gallery = [], []
     for size in args.sizes:
@@ -104,12 +117,26 @@ def main() -> None:
     print(f"wrote {out} and {gallery_path}")
 
 
+def prepare_sample_pairs(folder: Path) -> Path:
+    """content/NAME.png and style/NAME.png for every :data:`SAMPLE_PAIRS` entry (long side 512)."""
+    samples = sample_photo_paths()
+    shared = DEFAULT_DATA.parent
+    for name, style in SAMPLE_PAIRS.items():
+        style_path = samples[style.removeprefix("sample:")] if style.startswith("sample:") else shared / style
+        for kind, path in (("content", samples[name]), ("style", style_path)):
+            if not (folder / kind / f"{name}.png").is_file():
+                save_image(resize_image(load_image(path), long_side=512), folder / kind / f"{name}.png")
+    return folder
+
+
 def load_pair(data: Path, name: str) -> dict:
-    """Content, style and their masks (fitted to their photos) of one pair."""
+    """Content, style and their masks (fitted to their photos) of one pair; a pair without masks is one region."""
     content, style = load_image(data / "content" / name), load_image(data / "style" / name)
-    content_mask, style_mask = load_mask_pair(
-        str(data / "content_seg" / name), str(data / "style_seg" / name), content.shape[-2:], [style.shape[-2:]]
-    )
+    content_mask = style_mask = None
+    if (data / "content_seg" / name).is_file() and (data / "style_seg" / name).is_file():
+        content_mask, style_mask = load_mask_pair(
+            str(data / "content_seg" / name), str(data / "style_seg" / name), content.shape[-2:], [style.shape[-2:]]
+        )
     return {
         "content": content, "style": style, "content_mask": content_mask, "style_mask": style_mask,
         "content_at": lambda size: resize_image(content, long_side=size),
@@ -118,10 +145,13 @@ def load_pair(data: Path, name: str) -> dict:
 
 def run_teacher(pair: dict, config: TeacherConfig, *, device: torch.device) -> dict:
     content = pair["content_at"](config.size).unsqueeze(0).to(device)
-    masks = resize_mask(pair["content_mask"], tuple(content.shape[-2:]))[None].to(device)
+    masks = None
+    if pair["content_mask"] is not None:
+        masks = resize_mask(pair["content_mask"], tuple(content.shape[-2:]))[None].to(device)
     criterion = build_criterion(config.criterion, [pair["style"]], device=device, style_mask=pair["style_mask"])
     started = time.perf_counter()
-    result = stylize(criterion, content, config=config, content_masks=masks)
+    result = stylize(criterion, content, config=config, style_image=pair["style"], content_masks=masks,
+                     style_mask=pair["style_mask"])
     seconds = time.perf_counter() - started
     image = result.images[0]
     figures = photoreal_figures(image, pair["content"], pair["style"], pair["content_mask"], pair["style_mask"])

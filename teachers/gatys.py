@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from distill.core.color import transfer_luminance
+from distill.core.color import recolour_regions, transfer_luminance
 from distill.core.config import check_fields, to_dict
 from distill.core.devices import format_bytes, memory_capacity, synchronize
 from distill.core.errors import ConfigError
@@ -27,7 +27,7 @@ from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
 from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
 
-INIT_CHOICES = ("content", "noise", "style")
+INIT_CHOICES = ("content", "noise", "style", "recoloured")
 #: Every side of a content image, as given and at the teacher's size, needs at least this
 #: many pixels: below it the deepest style taps of the loss network have (almost) none left.
 MIN_SIDE = 16
@@ -53,7 +53,9 @@ class TeacherConfig:
     criterion: CriterionConfig = field(default_factory=CriterionConfig)  # the objective
     size: int = 512  # long side of the content image and of the result, in pixels
     iterations: int = 500  # budget of objective evaluations, summed over all scales
-    init: str = "content"  # starting image: "content", "noise" (seeded uniform) or "style" (first style image)
+    # starting image: "content", "noise" (seeded uniform), "style" (first style image) or "recoloured" (the
+    # content recoloured to the style's colour mean and covariance, region by region with masks)
+    init: str = "content"
     scales: tuple[float, ...] = (1.0,)  # coarse-to-fine fractions of ``size``, ending at 1.0, e.g. (0.5, 1.0)
     history_size: int = 100  # L-BFGS curvature pairs kept per image
     learning_rate: float = 1.0  # L-BFGS step length along its direction
@@ -152,13 +154,15 @@ def stylize(
     style_image: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
     content_masks: torch.Tensor | None = None,
+    style_mask: torch.Tensor | None = None,
 ) -> TeacherResult:
     """Run the teacher on a batch of content images.
 
     ``content``: (B, 3, H, W) in [0, 1], already at the teacher's size, on the
     criterion's device. ``style_image``: (3, h, w), needed for ``init="style"``.
     ``content_masks``: (B, H, W) class maps (:mod:`distill.core.masks`), needed when the
-    criterion was built with a style mask. ``progress(done, total)`` is called after
+    criterion was built with a style mask; ``style_mask`` (h, w), the style image's, is only
+    needed by ``init="recoloured"``. ``progress(done, total)`` is called after
     every evaluation round with evaluations counted over the batch. Returns a
     :class:`TeacherResult`.
 
@@ -180,7 +184,8 @@ def stylize(
         scaled_content = resize_image(content, size=size)
         objective = _Objective(criterion, scaled_content, config, None if content_masks is None else resize_mask(content_masks, size))
         if image is None:
-            image = _initial_image(config, scaled_content, style_image)
+            masks = None if content_masks is None else resize_mask(content_masks, size)
+            image = _initial_image(config, scaled_content, style_image, masks, style_mask)
         else:
             image = resize_image(image.clamp(0, 1), size=size)
         finest = scale_index == len(config.scales) - 1
@@ -336,10 +341,20 @@ def _as_saved(images: torch.Tensor, content: torch.Tensor, luminance_only: bool)
     return quantize_8bit(images)
 
 
-def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: torch.Tensor | None) -> torch.Tensor:
+def _initial_image(
+    config: TeacherConfig,
+    content: torch.Tensor,
+    style_image: torch.Tensor | None,
+    content_masks: torch.Tensor | None = None,
+    style_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     batch, _, height, width = content.shape
     if config.init == "content":
         return content.clone()
+    if config.init == "recoloured":
+        if style_image is None:
+            raise ValueError('init="recoloured" needs the style image')
+        return _recoloured(content, style_image, content_masks, style_mask)
     if config.init == "noise":
         # One generator per image with the same seed: an image's start does not depend
         # on its position in the batch.
@@ -351,6 +366,22 @@ def _initial_image(config: TeacherConfig, content: torch.Tensor, style_image: to
         raise ValueError('init="style" needs the style image')
     style = resize_image(style_image.to(content), size=(height, width))
     return style.unsqueeze(0).expand(batch, -1, -1, -1).clone()
+
+
+def _recoloured(
+    content: torch.Tensor, style: torch.Tensor, content_masks: torch.Tensor | None, style_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Each content recoloured to the style's colour statistics, region by region when masks are given."""
+    long_side = 512  # colour statistics do not need more pixels; the mask follows the style
+    if max(style.shape[-2:]) > long_side:
+        if style_mask is not None:
+            style_mask = resize_mask(style_mask, tuple(resize_image(style, long_side=long_side).shape[-2:]))
+        style = resize_image(style, long_side=long_side)
+    images = [
+        recolour_regions(image, style, None if content_masks is None else content_masks[index], style_mask)
+        for index, image in enumerate(content)
+    ]
+    return torch.stack(images).to(content)
 
 
 class TeacherInputError(ConfigError):
@@ -456,7 +487,8 @@ def stylize_file(
     content_masks = None if masks is None else resize_mask(masks[0], tuple(content.shape[-2:]))[None].to(device)
     criterion = build_criterion(config.criterion, styles, device=device, style_mask=None if masks is None else masks[1])
     result = (teacher or stylize)(
-        criterion, content, config=config, style_image=styles[0].to(device), progress=progress, content_masks=content_masks
+        criterion, content, config=config, style_image=styles[0].to(device), progress=progress, content_masks=content_masks,
+        style_mask=None if masks is None else masks[1],
     )
     report = {
         "content": str(content_path),

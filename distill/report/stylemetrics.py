@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from skimage.color import rgb2lab
 
-from distill.core.color import luminance
+from distill.core.color import luminance, match_colour_statistics
 from distill.core.imageio import resize_image
 
 #: Scales (downsampling factors) of the gradient statistics.
@@ -91,27 +91,6 @@ def structure_kept(output: torch.Tensor, content: torch.Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     denominator = float(a.norm() * b.norm())
     return float((a * b).sum()) / denominator if denominator > 0 else 0.0
-
-
-def match_colour_statistics(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``image`` recoloured so its RGB mean and covariance equal ``reference``'s (clamped to [0, 1]).
-
-    The linear Monge-Kantorovich map (Pitié & Kokaram 2007): the colour transfer that
-    moves the pixels least. It is the baseline "recolour the photo" that a stylisation
-    must beat on texture, and a student must beat on agreement with its teacher.
-    """
-    image, reference = _as_image(image), _as_image(reference)
-    pixels = image.reshape(3, -1).double()
-    target = reference.reshape(3, -1).double()
-    mean_x, mean_y = pixels.mean(1, keepdim=True), target.mean(1, keepdim=True)
-    eye = torch.eye(3, dtype=torch.float64) * 1e-6
-    cov_x = torch.cov(pixels) + eye
-    cov_y = torch.cov(target) + eye
-    root_x = _sqrtm(cov_x)
-    inverse_root_x = torch.linalg.inv(root_x)
-    transform = inverse_root_x @ _sqrtm(root_x @ cov_y @ root_x) @ inverse_root_x
-    mapped = transform @ (pixels - mean_x) + mean_y
-    return mapped.reshape(image.shape).clamp(0, 1).to(image.dtype)
 
 
 def texture_descriptor(image: torch.Tensor) -> dict[str, np.ndarray]:
@@ -222,8 +201,3 @@ def lab_pixels(image: torch.Tensor) -> torch.Tensor:
     """Pixels (N, 3) in CIELAB (D65), so colour distances follow perceived differences."""
     lab = rgb2lab(image.permute(1, 2, 0).numpy().astype(np.float64))
     return torch.from_numpy(lab.reshape(-1, 3))
-
-
-def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T

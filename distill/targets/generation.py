@@ -456,6 +456,7 @@ class _Run:
         self.style_hashes = list(store.style_hashes(config_hash))
         self._criterion: StyleCriterion | None = None
         self._style_image: torch.Tensor | None = None
+        self._style_mask: torch.Tensor | None = None
         self._done = 0
         self._total = 0
 
@@ -471,9 +472,8 @@ class _Run:
         if self._criterion is None:
             config = self.config.criterion
             styles = self.store.style_images(self.config_hash)  # the store's copies: what readers will use
-            self._criterion = build_criterion(
-                config, styles, device=self.device, network=self.network, style_mask=self.store.style_mask(self.config_hash)
-            )
+            self._style_mask = self.store.style_mask(self.config_hash)
+            self._criterion = build_criterion(config, styles, device=self.device, network=self.network, style_mask=self._style_mask)
             self._style_image = styles[0].to(self.device)
             self.summary.weights = self._criterion.weights_description
             self.summary.random_weights = self._criterion.network.is_random
@@ -566,8 +566,9 @@ class _Run:
         masks = None if self.masks is None else torch.stack([item.mask for item, _ in batch]).to(self.device)
         teacher = self.teacher or gatys.stylize  # looked up now: tests replace gatys.stylize
         try:
+            mask_arguments = {} if masks is None else {"content_masks": masks, "style_mask": self._style_mask}
             result = teacher(criterion, content, config=self.config, style_image=self._style_image, progress=self._iteration,
-                             **({} if masks is None else {"content_masks": masks}))
+                             **mask_arguments)
         except Exception as exc:  # one bad image (or an OOM at this batch size) must not fail the others
             if len(batch) > 1:
                 self.log(f"teacher failed on a batch of {len(batch)} ({type(exc).__name__}: {exc}); retrying one by one")
