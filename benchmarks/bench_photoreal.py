@@ -6,7 +6,8 @@ semantic masks ``content_seg/``, ``style_seg/``), at each size, it runs the teac
 with the same masks, criterion and iteration budget:
 
 - **plain**: the offline default teacher (Gatys with region-by-region style statistics);
-- **photoreal**: the same plus the matting-Laplacian term at the ``--photoreal`` defaults;
+- **photoreal**: ``--photoreal``: the same plus the matting-Laplacian term, from the photo
+  recoloured to the style region by region, guided-filtered at the end;
 
 and measures each result with :mod:`distill.report.photometrics` (no loss network
 involved): the affine residual (RMS error of the best local affine colour map from the
@@ -15,11 +16,12 @@ same region for every shared region, and the structure kept. Then the matting La
 build time and peak memory, and the photoreal teacher's seconds per iteration and peak
 memory, at ``--scaling-sizes`` (each in a fresh process, so peaks do not mix).
 
-Writes ``benchmarks/results/photoreal_<label>_<device>.md`` and a gallery (content |
+Writes ``benchmarks/results/photoreal_<label>_<device>.md`` (scaling: ``photoreal_scaling_<device>.md``) and a gallery (content |
 style | plain | photoreal, one row per pair, at the largest size).
 
     python benchmarks/bench_photoreal.py                         # ../shared/data/photoreal
-    python benchmarks/bench_photoreal.py --data other/pairs --label unseen --scaling-sizes
+    python benchmarks/bench_photoreal.py --sample-pairs --label unseen          # photos no tuning saw
+    python benchmarks/bench_photoreal.py --scaling-only                         # Laplacian and teacher cost at 256-1024 px
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", help="pair names (default: every content/*)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--scaling-sizes", type=int, nargs="*", default=[256, 512, 1024],
-                        help="sizes for Laplacian and teacher time and memory (none: skip)")
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="only the Laplacian and teacher time and memory at --scaling-sizes (photoreal_scaling_<device>.md)")
+    parser.add_argument("--scaling-sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--scaling-iters", type=int, default=10, help="teacher iterations timed per scaling size")
     parser.add_argument("--label", default="shared")
     parser.add_argument("--sample-pairs", action="store_true",
@@ -89,6 +92,12 @@ def main() -> None:
         return
 
     device = torch.device(args.device)
+    if args.scaling_only:
+        scaling = [run_scaling_child(args, size) for size in args.scaling_sizes]
+        out = HERE / "results" / f"photoreal_scaling_{device.type}.md"
+        out.write_text(render_scaling(scaling, args, device))
+        print(f"wrote {out}")
+        return
     if args.sample_pairs:
         args.data = prepare_sample_pairs(HERE / "work" / "photoreal_samples")
     names = args.pairs or [p.name for p in list_images(args.data / "content")]
@@ -109,9 +118,8 @@ def main() -> None:
             if size == max(args.sizes):
                 gallery.append([pair["content_at"](size), resize_image(pair["style"], size=results["plain"]["image"].shape[-2:]),
                                 results["plain"]["image"], results["photoreal"]["image"]])
-    scaling = [run_scaling_child(args, size) for size in args.scaling_sizes]
     out = HERE / "results" / f"photoreal_{args.label}_{device.type}.md"
-    out.write_text(render(rows, scaling, args, device, names))
+    out.write_text(render(rows, args, device, names))
     gallery_path = HERE / "results" / f"photoreal_{args.label}_gallery.png"
     save_image(gallery_image(gallery), gallery_path)
     print(f"wrote {out} and {gallery_path}")
@@ -203,7 +211,7 @@ def format_row(row) -> str:
     )
 
 
-def render(rows, scaling, args, device, names) -> str:
+def render(rows, args, device, names) -> str:
     lines = [
         f"# Photorealistic transfer, offline ({args.label} pairs, {device.type})",
         "",
@@ -214,8 +222,9 @@ def render(rows, scaling, args, device, names) -> str:
         "",
         "Both teachers use the offline default criterion (random texture network, sliced-Wasserstein statistics taken "
         "region by region with the masks), the same style weight and iterations, from the photo. **plain**: "
-        f"Laplacian-pyramid optimisation, no photorealism term. **photoreal**: `--photoreal` (matting-Laplacian "
-        f"weight {DEFAULT_PHOTOREAL_WEIGHT:g}, pixels). Figures from `distill.report.photometrics` (no loss network): "
+        f"Laplacian-pyramid optimisation from the photo, no photorealism term. **photoreal**: `--photoreal` "
+        f"(matting-Laplacian weight {DEFAULT_PHOTOREAL_WEIGHT:g}, pixels, from the photo recoloured to the style region by "
+        "region, guided filter with the photo at the end). Figures from `distill.report.photometrics` (no loss network): "
         "**residual**: RMS error of the best affine colour map from the photo in every 3x3 window; **ratio**: "
         "photoreal / plain; **min region**: the least colour moved toward the style's same region over the shared "
         "regions (sliced Wasserstein in CIELAB; distances within 2, about Delta E 4, count as matched); "
@@ -241,21 +250,29 @@ def render(rows, scaling, args, device, names) -> str:
             f"{max(r['residual_ratio'] for r in photoreal):.2f}, worst region {min(r['min_region_colour_moved'] for r in photoreal):.2f}, "
             f"worst structure {min(r['structure_kept'] for r in photoreal):.2f}.",
         ]
-    if scaling:
-        lines += [
-            "",
-            f"Scaling (pair {scaling[0]['pair']}, each size in a fresh process; teacher timed over {args.scaling_iters} "
-            "iterations, peak RSS of the whole process):",
-            "",
-            "| size | pixels | Laplacian s | peak RSS after Laplacian | teacher s / iteration | teacher peak RSS |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for s in scaling:
-            lines.append(
-                f"| {s['size']} | {s['pixels']:,} | {s['laplacian_seconds']:.2f} | {s['laplacian_peak_rss'] / 2**30:.2f} GiB | "
-                f"{s['teacher_seconds_per_iteration']:.2f} | {s['teacher_peak_rss'] / 2**30:.2f} GiB |"
-            )
     lines += ["", f"Gallery: `benchmarks/results/photoreal_{args.label}_gallery.png` (content | style | plain | photoreal)."]
+    return "\n".join(lines) + "\n"
+
+
+def render_scaling(scaling, args, device) -> str:
+    lines = [
+        f"# Photorealistic transfer: cost at larger sizes ({device.type})",
+        "",
+        machine_description(device),
+        "",
+        f"Command: `python benchmarks/bench_photoreal.py --scaling-only --scaling-sizes {' '.join(map(str, args.scaling_sizes))}`. "
+        f"Pair {scaling[0]['pair']}; each size in a fresh process. Laplacian: building the matting Laplacian of the photo "
+        f"(scipy.sparse). Teacher: `--photoreal` timed over {args.scaling_iters} iterations (masks, region statistics and "
+        "the photorealism term included); peak RSS of the whole process.",
+        "",
+        "| size | pixels | Laplacian s | peak RSS after Laplacian | teacher s / iteration | teacher peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in scaling:
+        lines.append(
+            f"| {s['size']} | {s['pixels']:,} | {s['laplacian_seconds']:.2f} | {s['laplacian_peak_rss'] / 2**30:.2f} GiB | "
+            f"{s['teacher_seconds_per_iteration']:.2f} | {s['teacher_peak_rss'] / 2**30:.2f} GiB |"
+        )
     return "\n".join(lines) + "\n"
 
 

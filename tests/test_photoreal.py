@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
+import argparse
 
 import numpy as np
 import pytest
 import torch
 
+from distill.cli.teacher_args import add_teacher_arguments, teacher_config_from_args
 from distill.core.affine import affine_residual, guided_filter
+from distill.core.color import recolour_regions
 from distill.core.imageio import save_image
 from distill.core.masks import (
     PALETTE,
@@ -31,7 +33,7 @@ from distill.train.config import TrainConfig
 from distill.train.loop import train
 from students import create_student, load_student, save_student
 from students.registry import AffineSmoothedStudent
-from teachers.gatys import TeacherConfig, stylize
+from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, TeacherConfig, photoreal_teacher, stylize
 
 BLACK, WHITE, RED, BLUE = (list(PALETTE).index(name) for name in ("black", "white", "red", "blue"))
 
@@ -293,3 +295,27 @@ def test_students_of_a_photoreal_store_are_smoothed(masked_store, tmp_path):
     assert isinstance(model, AffineSmoothedStudent)
     plain = train(replace(config, smooth_output=False), tmp_path / "plain", progress=False)
     assert not isinstance(load_student(plain.last_checkpoint)[0], AffineSmoothedStudent)
+
+
+def test_recolouring_by_region_gives_each_region_its_partner_colours(two_colour_style):
+    style, style_mask = two_colour_style
+    photo = _photo(32)
+    content_mask = _halves(32, BLUE, RED)  # swapped sides: the left of the photo must take the style's blue
+    recoloured = recolour_regions(photo, style, content_mask, style_mask)
+    left, right = recoloured[:, :, :16].mean(dim=(1, 2)), recoloured[:, :, 16:].mean(dim=(1, 2))
+    assert left[2] > 0.7 and left[0] < 0.2, left
+    assert right[0] > 0.7 and right[2] < 0.2, right
+
+
+def test_the_photoreal_preset_and_explicit_choices():
+    config = photoreal_teacher(TeacherConfig(scales=(0.5, 1.0)))
+    assert (config.photoreal_weight, config.resolved_parameterisation(), config.scales, config.init, config.smooth) == (
+        DEFAULT_PHOTOREAL_WEIGHT, "pixels", (1.0,), "recoloured", True
+    )
+    parser = argparse.ArgumentParser()
+    add_teacher_arguments(parser)
+    args = parser.parse_args(["--style", "s.png", "--photoreal", "--no-smooth", "--init", "content", "--weights", "random"])
+    chosen = teacher_config_from_args(args)
+    assert (chosen.photoreal_weight, chosen.smooth, chosen.init) == (DEFAULT_PHOTOREAL_WEIGHT, False, "content")
+    plain = teacher_config_from_args(parser.parse_args(["--style", "s.png", "--weights", "random"]))
+    assert (plain.photoreal_weight, plain.smooth, plain.init) == (0.0, False, "content")

@@ -44,7 +44,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         help="loss-network weights: 'pretrained' (downloads once, then cached), 'random' (offline: a seeded random texture "
         "network that stylises, but is not learned features) or a path to a .safetensors / torch state-dict file (default %(default)s)",
     )
-    group.add_argument("--init", choices=INIT_CHOICES, default=defaults.init, help="starting image (default %(default)s)")
+    group.add_argument("--init", choices=INIT_CHOICES, help=f"starting image (default {defaults.init}; recoloured with --photoreal)")
     group.add_argument("--preserve-color", action="store_true", help="luminance-only transfer: keep the content's colours")
     group.add_argument("--scales", type=_float_list, default=defaults.scales, metavar="S1,S2", help="coarse-to-fine fractions of --size ending at 1, e.g. 0.5,1")
     group.add_argument(
@@ -70,11 +70,14 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
     group.add_argument(
         "--photoreal", action="store_true",
         help="Deep Photo Style Transfer: add the content photo's matting-Laplacian penalty so the style changes colours, "
-        f"not structure (weight {DEFAULT_PHOTOREAL_WEIGHT:g}; pixels parameterisation, one scale; --scales is ignored)",
+        f"not structure (weight {DEFAULT_PHOTOREAL_WEIGHT:g}; pixels, one scale, --init recoloured, --smooth; --scales is ignored)",
     )
     group.add_argument("--photoreal-weight", type=float, help=f"weight of the photorealism term (implies --photoreal; default {DEFAULT_PHOTOREAL_WEIGHT:g})")
     group.add_argument("--style-mask", metavar="IMG", help="colour-coded semantic mask of the (single) --style image; needs content masks too")
-    group.add_argument("--smooth", action="store_true", help="guided-filter the result with the content as guide (locally affine colours)")
+    group.add_argument(
+        "--smooth", action=argparse.BooleanOptionalAction, default=None,
+        help="guided-filter the result with the content as guide (locally affine colours); default: on with --photoreal",
+    )
     group.add_argument("--pooling", choices=POOLINGS, default=criterion.pooling, help="loss-network pooling (default %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="seeds random weights and noise initialisation (default %(default)s)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
@@ -117,12 +120,13 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         fail(f"--style-mask needs exactly one --style image, got {len(args.style)}")
     try:
         config = TeacherConfig(
-            criterion=criterion, size=args.size, iterations=args.iters, init=args.init, scales=tuple(args.scales), seed=args.seed,
-            parameterisation=args.parameterisation, smooth=args.smooth,
+            criterion=criterion, size=args.size, iterations=args.iters, scales=tuple(args.scales), seed=args.seed,
+            parameterisation=args.parameterisation,
         )
         if args.photoreal or args.photoreal_weight is not None:
             config = photoreal_teacher(config, weight=DEFAULT_PHOTOREAL_WEIGHT if args.photoreal_weight is None else args.photoreal_weight)
-        return config.resolved()
+        given = {"init": args.init, "smooth": args.smooth}  # explicit choices win over the presets
+        return dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).resolved()
     except ValueError as exc:
         fail(str(exc))
 
