@@ -197,7 +197,8 @@ def run_training(run_dir: Path, settings: dict) -> float:
 def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_store: Path | None = None) -> tuple[dict, dict]:
     options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, timing_runs=3)
     result = evaluate_fidelity(run_dir=run_dir, store_root=heldout_store, options=options, device=device)
-    residuals = None if plain_store is None else affine_residuals(result, plain_store)
+    plain = None if plain_store is None else plain_gatys_images(result, plain_store)
+    residuals = None if plain is None else affine_residuals(result, plain)
     agg = result.report["aggregate"]
     student, _ = load_student(run_dir / "checkpoints" / "best.safetensors", device=device)
     ms_512 = statistics.median(time_student(student.eval(), torch.rand(1, 3, 512, 512, device=device), runs=5))
@@ -216,18 +217,24 @@ def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_
         "images": agg["images"],
         "residuals": residuals,
     }
-    images = {"content": result.contents, "teacher": result.teachers, "student": result.students, "names": result.names}
+    images = {"content": result.contents, "teacher": result.teachers, "student": result.students, "names": result.names,
+              "plain": plain}
     return row, images
 
 
-def affine_residuals(result, plain_store: Path) -> dict[str, float]:
+def plain_gatys_images(result, plain_store: Path) -> list[torch.Tensor]:
+    """Plain Gatys's result for each held-out photo of ``result``, from the plain store (matched by file name)."""
+    by_name = {Path(e.content_path).stem: e.target_path for e in TargetStore(plain_store).entries(traces=False)}
+    return [load_image(by_name[name]) for name in result.names]
+
+
+def affine_residuals(result, plain: list[torch.Tensor]) -> dict[str, float]:
     """Mean affine residual (distill.core.affine) of teacher, student and plain Gatys on the held-out photos."""
-    plain = {Path(e.content_path).stem: load_image(e.target_path) for e in TargetStore(plain_store).entries(traces=False)}
     sums = {"teacher": 0.0, "student": 0.0, "plain": 0.0}
-    for content, teacher, student, name in zip(result.contents, result.teachers, result.students, result.names):
+    for content, teacher, student, plain_image in zip(result.contents, result.teachers, result.students, plain):
         sums["teacher"] += affine_residual(teacher, content)
         sums["student"] += affine_residual(student, content)
-        sums["plain"] += affine_residual(plain[name], content)
+        sums["plain"] += affine_residual(plain_image, content)
     return {key: value / len(result.names) for key, value in sums.items()}
 
 
@@ -299,7 +306,8 @@ def render(rows, args, device, style, teacher, stores) -> str:
         if flagged:
             lines += ["", "What the report flags:", ""]
             lines += [f"- {r['student']} / {r['recipe']}: {line}" for r, line in flagged]
-    lines += ["", f"Gallery: `benchmarks/results/fidelity{args.label}_{device.type}_gallery.png` (photo | teacher | "
+    lines += ["", f"Gallery: `benchmarks/results/fidelity{args.label}_{device.type}_gallery.png` (photo | "
+                  f"{'plain Gatys | ' if args.photoreal else ''}teacher | "
                   f"{' | '.join(r['student'] for r in rows if r['recipe'] == rows[0]['recipe'])}, recipe {rows[0]['recipe'] if rows else ''})."]
     return "\n".join(lines) + "\n"
 
@@ -311,7 +319,8 @@ def gallery(outputs: dict, recipe: str) -> torch.Tensor:
     first = outputs[students[0]]
     rows = []
     for index in range(len(first["content"])):
-        tiles = [first["content"][index], first["teacher"][index]] + [outputs[key]["student"][index] for key in students]
+        plain = [first["plain"][index]] if first.get("plain") else []
+        tiles = [first["content"][index], *plain, first["teacher"][index]] + [outputs[key]["student"][index] for key in students]
         rows.append(torch.cat([torch.nn.functional.pad(t, (2, 2, 2, 2), value=1.0) for t in tiles], dim=2))
     width = max(r.shape[-1] for r in rows)
     return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows], dim=1)

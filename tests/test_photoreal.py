@@ -26,6 +26,7 @@ from distill.objective.config import CriterionConfig
 from distill.objective.criterion import CriterionError, build_criterion
 from distill.objective.matting import MattingPenalty, matting_laplacian
 from distill.core.config import replace
+from distill.report.aggregate import diagnoses
 from distill.report.photometrics import photoreal_figures
 from distill.targets.generation import generate_targets
 from distill.targets.store import TargetStore
@@ -319,3 +320,20 @@ def test_the_photoreal_preset_and_explicit_choices():
     assert (chosen.photoreal_weight, chosen.smooth, chosen.init) == (DEFAULT_PHOTOREAL_WEIGHT, False, "content")
     plain = teacher_config_from_args(parser.parse_args(["--style", "s.png", "--weights", "random"]))
     assert (plain.photoreal_weight, plain.smooth, plain.init) == (0.0, False, "content")
+
+
+def test_a_photoreal_student_is_not_asked_for_texture_its_teacher_does_not_paint():
+    def lines(teacher_texture: float, student: dict) -> list[str]:
+        summary = {
+            "agreement": {"student": {"ssim": 0.8}, "content": {"ssim": 0.5}, "recoloured": {"ssim": 0.6},
+                          "best_baseline": "recoloured", "beats_baselines": True},
+            "ratio": {"mean": {"total": 1.0}},
+            "stylisation": {"teacher": {"colour_moved": 0.8, "texture_moved": teacher_texture, "structure_kept": 0.9},
+                            "student": student},
+        }
+        return diagnoses(summary)
+
+    recolouring = {"colour_moved": 0.7, "texture_moved": 0.01, "structure_kept": 0.9}
+    assert lines(teacher_texture=0.02, student=recolouring) == []
+    assert lines(teacher_texture=0.3, student=recolouring)[0].startswith("not stylised")
+    assert lines(teacher_texture=0.02, student={**recolouring, "colour_moved": 0.1})[0].startswith("not stylised")

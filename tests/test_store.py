@@ -118,7 +118,7 @@ def test_generate_read_api_and_rerun_skips(tmp_path, style, monkeypatch, capsys)
         assert content.shape == target.shape and max(content.shape[-2:]) == 32
         # The content copy is exactly the tensor the teacher started from (lossless PNG of 8-bit values).
         assert any(torch.equal(content, s) for s in seen)
-        assert set(entry.final) == {"total", "content", "style", "tv"}
+        assert set(entry.final) == {"total", "content", "style", "tv", "photoreal"}
         assert len(entry.trace["total"]) == entry.iterations_run + 1 == 4
         assert entry.seconds > 0 and entry.batch_size == 2 and entry.device == "cpu" and "random" in entry.weights
     assert all(e.trace == {} for e in store.entries(traces=False))  # the cheap listing TargetPairs uses

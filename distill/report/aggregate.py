@@ -132,7 +132,10 @@ def diagnoses(summary: dict[str, Any]) -> list[str]:
                 "does not look like the teacher's images: the objective is being gamed, trust the agreement"
             )
     figures = summary["stylisation"]["student"]
-    if figures["colour_moved"] < STYLISED_COLOUR or figures["texture_moved"] < STYLISED_TEXTURE:
+    # Texture is asked of a student only when its teacher paints texture: a photorealistic
+    # teacher (--photoreal) changes colours and keeps the photo's texture, and so should its student.
+    teacher_paints = summary["stylisation"]["teacher"]["texture_moved"] >= STYLISED_TEXTURE
+    if figures["colour_moved"] < STYLISED_COLOUR or (teacher_paints and figures["texture_moved"] < STYLISED_TEXTURE):
         lines.append(
             f"not stylised: the student's outputs moved colour {figures['colour_moved']:.2f} and texture "
             f"{figures['texture_moved']:.2f} toward the style (a stylised output reaches {STYLISED_COLOUR} and {STYLISED_TEXTURE})"

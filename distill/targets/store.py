@@ -86,7 +86,7 @@ class TargetEntry:
     style_hashes: tuple[str, ...]
     content_image_path: Path  # absolute: 8-bit PNG of the exact content tensor the teacher started from
     target_path: Path  # absolute: 8-bit PNG of the teacher's result, same (H, W) as the content image
-    final: dict[str, float]  # total/content/style/tv of the target
+    final: dict[str, float]  # total/content/style/tv/photoreal of the target
     trace: dict[str, list[float]]  # the teacher's loss trace (TeacherResult.traces[i])
     iterations_run: int
     seconds: float  # teacher seconds per image (batch seconds / batch size)
