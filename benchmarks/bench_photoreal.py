@@ -217,8 +217,10 @@ def render(rows, args, device, names) -> str:
         "",
         machine_description(device),
         "",
-        f"Command: `python benchmarks/bench_photoreal.py --label {args.label} --sizes {' '.join(map(str, args.sizes))} "
-        f"--iters {args.iters}`. Pairs: {', '.join(Path(n).stem for n in names)} (content, style and their semantic masks).",
+        f"Command: `python benchmarks/bench_photoreal.py{' --sample-pairs' if args.sample_pairs else ''} --label {args.label} "
+        f"--sizes {' '.join(map(str, args.sizes))} --iters {args.iters}`. Pairs: {', '.join(Path(n).stem for n in names)} "
+        + ("(sample photos of installed packages, each with another photo as its style, no masks: one region 'all')."
+           if args.sample_pairs else "(content, style and their semantic masks)."),
         "",
         "Both teachers use the offline default criterion (random texture network, sliced-Wasserstein statistics taken "
         "region by region with the masks), the same style weight and iterations, from the photo. **plain**: "
