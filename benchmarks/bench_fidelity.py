@@ -259,13 +259,16 @@ def render(rows, args, device, style, teacher, stores) -> str:
         "",
         machine_description(device),
         "",
-        f"Command: `python benchmarks/bench_fidelity.py{' --label ' + args.label if args.label else ''}"
+        f"Command: `python benchmarks/bench_fidelity.py{' --photoreal' if args.photoreal else ''}"
+        f"{' --label ' + args.label if args.label and not args.photoreal else ''}{f' --crops {args.crops}' if args.crops != 2 else ''}"
+        f"{' --students ' + ' '.join(args.students) if args.students != ['johnson', 'fast', 'timm_encoder'] else ''}"
+        f"{' --recipes ' + ' '.join(args.recipes) if args.recipes != list(RECIPES) else ''}"
         f"{''.join(' --set ' + s for s in args.set)}{' --steps ' + str(args.steps) if args.steps else ''}"
         f"{' --pairs ' + ' '.join(args.pairs) if args.pairs else ''}`. Per-student settings: {STUDENT_SETTINGS}. "
         f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}"
         f"{f', --photoreal (weight {teacher.photoreal_weight:g})' if teacher.photoreal_weight else ''}), {args.size} px, "
-        f"{args.iters} iterations, style `{style.name}`. Training targets: {counts['train']} (photos and crops at two "
-        f"other scales); held-out photos: {counts['heldout']} ({', '.join(Path(p).stem for p in HELDOUT)}, "
+        f"{args.iters} iterations, style `{style.name}`. Training targets: {counts['train']} (photos"
+        f"{f' and crops at {args.crops} other scales' if args.crops else ''}); held-out photos: {counts['heldout']} ({', '.join(Path(p).stem for p in HELDOUT)}, "
         f"{', '.join(HELDOUT_SAMPLES)}), never used in training or model selection.",
         "",
         "SSIM / PSNR: the student's output vs the teacher's image, whole held-out photos at the teacher's size. "
