@@ -40,6 +40,9 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: Fields whose None means "decided by the run" (and saved decided): None asks for the saved decision.
+AUTO_FIELDS = frozenset({"smooth_output"})
+
 #: Fields of earlier versions that saved runs may still hold; they are dropped when a saved
 #: config is read. ``fault_nonfinite_step`` was a test hook (the tests now patch the loop).
 LEGACY_FIELDS = frozenset({"fault_nonfinite_step"})
@@ -202,7 +205,10 @@ def check_resume_compatible(saved: Mapping[str, Any], config: TrainConfig) -> No
     saved = to_dict(saved_train_config(saved))
     if current["targets"] and saved.get("targets") and Path(current["targets"]).resolve() == Path(saved["targets"]).resolve():
         saved["targets"] = current["targets"]  # the same store, spelled differently
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and current[k] != saved.get(k))
+    changed = sorted(
+        k for k in current
+        if k not in RESUMABLE_CHANGES and current[k] != saved.get(k) and not (k in AUTO_FIELDS and current[k] is None)
+    )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ConfigError(f"cannot resume: these settings differ from the checkpointed run and would change it: {details}")
