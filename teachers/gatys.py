@@ -21,7 +21,7 @@ from distill.core.errors import ConfigError
 from distill.core.imageio import load_image, quantize_8bit, resize_image
 from distill.objective.config import CriterionConfig
 from distill.core.affine import guided_filter
-from distill.core.masks import MaskError, fit_mask, load_mask, resize_mask, shared_regions
+from distill.core.masks import check_mask_options, fit_mask, load_mask, resize_mask, shared_regions
 from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
 from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
@@ -526,13 +526,8 @@ def load_mask_pair(
     unreadable mask, one of another photo's size, or masks with no region in common;
     warns about regions only one mask has.
     """
-    if content_mask_path is None and style_mask_path is None:
+    if not check_mask_options(content_mask_path, style_mask_path, len(style_sizes), content_option="--content-mask"):
         return None
-    if content_mask_path is None or style_mask_path is None:
-        missing = "--content-mask" if content_mask_path is None else "--style-mask"
-        raise MaskError(f"semantic masks come in pairs: {missing} is missing")
-    if len(style_sizes) != 1:
-        raise MaskError(f"semantic masks need exactly one style image, got {len(style_sizes)}")
     content_mask = fit_mask(load_mask(content_mask_path), tuple(content_size), what=f"content mask {content_mask_path}")
     style_mask = fit_mask(load_mask(style_mask_path), tuple(style_sizes[0]), what=f"style mask {style_mask_path}")
     shared_regions(content_mask, style_mask, what=f"masks {content_mask_path} and {style_mask_path}")

@@ -116,8 +116,6 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         )
     except ValueError as exc:
         fail(str(exc))
-    if args.style_mask is not None and len(args.style) != 1:
-        fail(f"--style-mask needs exactly one --style image, got {len(args.style)}")
     try:
         config = TeacherConfig(
             criterion=criterion, size=args.size, iterations=args.iters, scales=tuple(args.scales), seed=args.seed,

@@ -124,6 +124,23 @@ def region_fractions(mask: torch.Tensor) -> dict[int, float]:
     return {int(k): float(f) for k, f in enumerate(fractions) if f > 0}
 
 
+def regions_of(mask: torch.Tensor) -> tuple[int, ...]:
+    """The classes that cover at least :data:`MIN_REGION_FRACTION` of ``mask`` (smaller specks are stray colours), sorted."""
+    return tuple(k for k, f in region_fractions(mask).items() if f >= MIN_REGION_FRACTION)
+
+
+def check_mask_options(content_mask, style_mask, style_count: int, *, content_option: str) -> bool:
+    """Whether masks are used; :class:`MaskError` when only one of the two is given or there is not exactly one style."""
+    if content_mask is None and style_mask is None:
+        return False
+    if content_mask is None or style_mask is None:
+        missing = content_option if content_mask is None else "--style-mask"
+        raise MaskError(f"semantic masks come in pairs: {missing} is missing")
+    if style_count != 1:
+        raise MaskError(f"--style-mask needs exactly one --style image, got {style_count}")
+    return True
+
+
 def shared_regions(
     content_mask: torch.Tensor, style_mask: torch.Tensor, *, what: str = "the masks", warn: Callable[[str], None] = _warn
 ) -> tuple[int, ...]:
@@ -133,8 +150,7 @@ def shared_regions(
     behaviour: a content region with no style partner keeps only the content and
     photorealism terms), or a call of ``warn``. No shared region is a :class:`MaskError`.
     """
-    content = {k for k, f in region_fractions(content_mask).items() if f >= MIN_REGION_FRACTION}
-    style = {k for k, f in region_fractions(style_mask).items() if f >= MIN_REGION_FRACTION}
+    content, style = set(regions_of(content_mask)), set(regions_of(style_mask))
     shared = tuple(sorted(content & style))
     if not shared:
         raise MaskError(

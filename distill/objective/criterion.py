@@ -18,7 +18,7 @@ from torch import nn
 
 from distill.core.color import luminance_as_rgb
 from distill.core.imageio import resize_image
-from distill.core.masks import MIN_REGION_FRACTION, region_fractions
+from distill.core.masks import regions_of
 from distill.objective.config import NORMALISATIONS, STYLE_STATISTICS, CriterionConfig, CriterionError
 from distill.objective.lossnet import LossNetwork, build_loss_network
 from distill.objective.regions import RegionTargets, region_style_error, region_targets
@@ -345,7 +345,7 @@ def _region_targets(
     directions: Mapping[str, torch.Tensor] | None,
 ) -> dict[str, RegionTargets]:
     """Per-region style statistics of every style layer, for the classes that cover enough of the mask."""
-    classes = tuple(k for k, f in region_fractions(style_mask).items() if f >= MIN_REGION_FRACTION)
+    classes = regions_of(style_mask)
     regions = {
         layer: region_targets(features[layer].cpu(), style_mask, classes, None if directions is None else directions[layer])
         for layer in layers

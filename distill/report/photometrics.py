@@ -25,7 +25,7 @@ import torch
 
 from distill.core.affine import affine_residual
 from distill.core.imageio import resize_image
-from distill.core.masks import CLASS_NAMES, MIN_REGION_FRACTION, region_fractions, resize_mask
+from distill.core.masks import CLASS_NAMES, regions_of, resize_mask
 from distill.report.stylemetrics import lab_pixels, sliced_wasserstein, structure_kept
 
 #: A region needs this many pixels in both images to be measured.
@@ -87,8 +87,7 @@ def region_colour_moved(
         regions = {"all": (torch.ones(output.shape[-2:], dtype=torch.bool), torch.ones(style.shape[-2:], dtype=torch.bool))}
     else:
         # The regions the teacher pairs: those that cover enough of both masks.
-        shared = [k for k, f in region_fractions(content_mask).items()
-                  if f >= MIN_REGION_FRACTION and region_fractions(style_mask).get(k, 0.0) >= MIN_REGION_FRACTION]
+        shared = sorted(set(regions_of(content_mask)) & set(regions_of(style_mask)))
         content_mask = resize_mask(content_mask, tuple(output.shape[-2:]))
         style_mask = resize_mask(style_mask, tuple(style.shape[-2:]))
         regions = {CLASS_NAMES[k]: (content_mask == k, style_mask == k) for k in shared}

@@ -32,7 +32,7 @@ from distill.core.errors import BadImageError, ConfigError, DeviceError, one_lin
 from distill.core.devices import resolve_device
 from distill.core.files import sha256_file, write_text_atomic
 from distill.core.imageio import IMAGE_SUFFIXES, list_images, load_image, quantize_8bit, resize_image, save_image
-from distill.core.masks import MaskError, fit_mask, load_mask
+from distill.core.masks import MaskError, check_mask_options, fit_mask, load_mask
 from distill.objective.criterion import StyleCriterion, build_criterion
 from distill.objective.lossnet import LossNetwork, weights_file
 from distill.targets.content_masks import ContentMaskError, ContentMasks
@@ -658,14 +658,9 @@ def _check_masks(
     style_paths: Sequence[Path],
 ) -> ContentMasks | None:
     """The run's content masks, or ``None``; :class:`GenerationInputError` for half a pair or a bad style mask."""
-    if content_mask_dir is None and style_mask_path is None:
-        return None
-    if content_mask_dir is None or style_mask_path is None:
-        missing = "--content-mask-dir" if content_mask_dir is None else "--style-mask"
-        raise GenerationInputError(f"semantic masks come in pairs: {missing} is missing")
-    if len(style_paths) != 1:
-        raise GenerationInputError(f"--style-mask needs exactly one --style image, got {len(style_paths)}")
     try:
+        if not check_mask_options(content_mask_dir, style_mask_path, len(style_paths), content_option="--content-mask-dir"):
+            return None
         style_mask = fit_mask(load_mask(style_mask_path), tuple(load_image(style_paths[0]).shape[-2:]),
                               what=f"style mask {style_mask_path}")
         return ContentMasks(content_dir, content_mask_dir, style_mask)
