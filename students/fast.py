@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conditional import StyledSequential, check_style_call, instance_norm
 from .layers import ConvInstanceNormReLU, UpsampleConvInstanceNormReLU, reflect_conv, sigmoid_output, zero_init_
 from .padding import crop_to_size, reflect_pad_to_multiple
 from .registry import register_student
@@ -35,20 +36,22 @@ SUBPIXEL_UPSCALE = 2  # pixel_shuffle factor from half to full resolution
 class SeparableResidualBlock(nn.Module):
     """Residual block of two depthwise-separable 3x3 convolutions with instance norm."""
 
-    def __init__(self, channels: int):
+    takes_style = True
+
+    def __init__(self, channels: int, *, num_styles: int | None = None):
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = StyledSequential(
             reflect_conv(channels, channels, kernel_size=3, groups=channels),
             nn.Conv2d(channels, channels, 1),
-            nn.InstanceNorm2d(channels, affine=True),
+            instance_norm(channels, num_styles),
             nn.ReLU(),
             reflect_conv(channels, channels, kernel_size=3, groups=channels),
             nn.Conv2d(channels, channels, 1),
-            nn.InstanceNorm2d(channels, affine=True),
+            instance_norm(channels, num_styles),
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features + self.body(features)
+    def forward(self, features: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return features + self.body(features, style_weights)
 
 
 def icnr_init_(conv: nn.Conv2d, *, upscale: int) -> None:
@@ -76,37 +79,44 @@ class FastStudent(nn.Module):
     stride = 4
     min_side = 5  # smallest side whose quarter-resolution features allow reflection padding
 
-    def __init__(self, *, widths: tuple[int, int] = (32, 64), num_residual_blocks: int = 3, input_skip: bool = False):
+    def __init__(self, *, widths: tuple[int, int] = (32, 64), num_residual_blocks: int = 3, input_skip: bool = False,
+                 num_styles: int | None = None):
         super().__init__()
         self.input_skip = input_skip
+        self.num_styles = num_styles
         half, quarter = widths
         # A strided conv rather than the lossless pixel_unshuffle: unshuffle's shape
         # arithmetic defeats torch.export's dynamic-shape reasoning on padded inputs.
-        self.stem = ConvInstanceNormReLU(3, half, kernel_size=5, stride=2)
-        self.down_to_quarter = ConvInstanceNormReLU(half, quarter, kernel_size=3, stride=2)
-        self.residual_blocks = nn.Sequential(
-            *(SeparableResidualBlock(quarter) for _ in range(num_residual_blocks))
+        self.stem = ConvInstanceNormReLU(3, half, kernel_size=5, stride=2, num_styles=num_styles)
+        self.down_to_quarter = ConvInstanceNormReLU(half, quarter, kernel_size=3, stride=2, num_styles=num_styles)
+        self.residual_blocks = StyledSequential(
+            *(SeparableResidualBlock(quarter, num_styles=num_styles) for _ in range(num_residual_blocks))
         )
-        self.up_to_half = UpsampleConvInstanceNormReLU(quarter, half, kernel_size=3)
+        self.up_to_half = UpsampleConvInstanceNormReLU(quarter, half, kernel_size=3, num_styles=num_styles)
         self.to_rgb_subpixels = reflect_conv(half, 3 * SUBPIXEL_UPSCALE**2, kernel_size=3)
         icnr_init_(self.to_rgb_subpixels, upscale=SUBPIXEL_UPSCALE)
         if input_skip:
             zero_init_(self.to_rgb_subpixels)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+
+        ``style_weights`` (1 or B, K): the styles' mix, for a student built with ``num_styles``.
+        """
+        check_style_call(self.num_styles, style_weights, images.shape[0])
         height, width = images.shape[-2:]
         padded = reflect_pad_to_multiple(images, multiple=self.stride, min_side=self.min_side)
-        half = self.stem(padded)
-        quarter = self.residual_blocks(self.down_to_quarter(half))
-        features = self.up_to_half(quarter, size=half.shape[-2:])
+        half = self.stem(padded, style_weights)
+        quarter = self.residual_blocks(self.down_to_quarter(half, style_weights), style_weights)
+        features = self.up_to_half(quarter, style_weights, size=half.shape[-2:])
         logits = F.pixel_shuffle(self.to_rgb_subpixels(features), SUBPIXEL_UPSCALE)
         output = sigmoid_output(logits, padded if self.input_skip else None)
         return crop_to_size(output, height=height, width=width)
 
 
 @register_student
-def fast(*, widths: tuple[int, int] = (32, 64), num_residual_blocks: int = 3, input_skip: bool = False) -> FastStudent:
+def fast(*, widths: tuple[int, int] = (32, 64), num_residual_blocks: int = 3, input_skip: bool = False,
+         num_styles: int | None = None) -> FastStudent:
     """Fast CPU student (73 k parameters), roughly 10x faster than ``johnson`` on CPU.
 
     Args:
@@ -114,7 +124,9 @@ def fast(*, widths: tuple[int, int] = (32, 64), num_residual_blocks: int = 3, in
         num_residual_blocks: depthwise-separable residual blocks at quarter resolution.
         input_skip: predict the change to the input (in logit space), starting from the
             identity (see :func:`students.layers.sigmoid_output`).
+        num_styles: conditional instance norm with this many styles (:mod:`students.conditional`).
 
     Input (B, 3, H, W) in [0, 1] with H, W >= 5; output the same shape in [0, 1].
     """
-    return FastStudent(widths=tuple(widths), num_residual_blocks=num_residual_blocks, input_skip=input_skip)
+    return FastStudent(widths=tuple(widths), num_residual_blocks=num_residual_blocks, input_skip=input_skip,
+                       num_styles=num_styles)

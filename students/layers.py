@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conditional import StyledSequential, instance_norm
+
 
 def reflect_conv(
     in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1, groups: int = 1
@@ -26,17 +28,20 @@ def reflect_conv(
     )
 
 
-class ConvInstanceNormReLU(nn.Sequential):
+class ConvInstanceNormReLU(StyledSequential):
     """reflect_conv -> InstanceNorm2d(affine) -> ReLU.
 
     Instance norm (Ulyanov et al. 2016) rather than batch norm: it removes
     each image's contrast, which is what makes feed-forward stylisation work.
+    With ``num_styles`` the norm is conditional (one scale and shift per style,
+    :mod:`students.conditional`) and ``forward`` takes the style weights.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1,
+                 num_styles: int | None = None):
         super().__init__(
             reflect_conv(in_channels, out_channels, kernel_size=kernel_size, stride=stride),
-            nn.InstanceNorm2d(out_channels, affine=True),
+            instance_norm(out_channels, num_styles),
             nn.ReLU(),
         )
 
@@ -50,13 +55,14 @@ class UpsampleConvInstanceNormReLU(nn.Module):
     prove the output size equals the padded input size for dynamic H/W.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int):
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, num_styles: int | None = None):
         super().__init__()
-        self.conv = ConvInstanceNormReLU(in_channels, out_channels, kernel_size=kernel_size)
+        self.conv = ConvInstanceNormReLU(in_channels, out_channels, kernel_size=kernel_size, num_styles=num_styles)
 
-    def forward(self, features: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, style_weights: torch.Tensor | None = None, *,
+                size: tuple[int, int]) -> torch.Tensor:
         """(B, C_in, h, w) -> (B, C_out, *size)."""
-        return self.conv(F.interpolate(features, size=size, mode="nearest"))
+        return self.conv(F.interpolate(features, size=size, mode="nearest"), style_weights)
 
 
 def sigmoid_output(logits: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ checkpoint can rebuild the exact architecture from metadata alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -66,8 +67,8 @@ class ColourPreservingStudent(StudentWrapper):
     """A student whose output keeps its input's colours: the wrapped network's luminance
     with the input's chroma (YIQ I and Q), as a colour-preserving teacher returns."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return transfer_luminance(self.student(images), images)
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return transfer_luminance(self.student(images, style_weights), images)
 
 
 class AffineSmoothedStudent(StudentWrapper):
@@ -85,11 +86,18 @@ class AffineSmoothedStudent(StudentWrapper):
         self.radius = radius
         self.epsilon = epsilon
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return guided_filter(self.student(images), images, radius=self.radius, epsilon=self.epsilon)
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return guided_filter(self.student(images, style_weights), images, radius=self.radius, epsilon=self.epsilon)
 
 
-def create_student(name: str, *, preserve_color: bool = False, smooth_output: bool = False, **kwargs: Any) -> nn.Module:
+def create_student(
+    name: str,
+    *,
+    preserve_color: bool = False,
+    smooth_output: bool = False,
+    styles: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build the student registered as ``name``.
 
     Every student maps an image batch of shape (B, 3, H, W), float RGB in
@@ -101,11 +109,16 @@ def create_student(name: str, *, preserve_color: bool = False, smooth_output: bo
             students of colour-preserving teachers.
         smooth_output: wrap it (outermost) in :class:`AffineSmoothedStudent`, for
             students of photorealistic teachers.
+        styles: the names of the styles of a multi-style student (conditional instance
+            norm, :mod:`students.conditional`): the model is then called as
+            ``model(images, style_weights)`` with style weights (1 or B, len(styles)) and
+            carries the names as ``model.style_names``. ``None``: one style.
         **kwargs: keyword hyperparameters of that student; they must be
             JSON-serialisable because they are stored in checkpoints.
 
     Returns:
-        The model, with ``model.student_spec = {"name": name, "kwargs": kwargs}``.
+        The model, with ``model.student_spec = {"name": name, "kwargs": kwargs}`` (the
+        wrapper flags and ``styles`` included, so a checkpoint rebuilds it exactly).
 
     Raises:
         ValueError: unknown ``name`` (the message lists the known names) or
@@ -115,7 +128,19 @@ def create_student(name: str, *, preserve_color: bool = False, smooth_output: bo
     if factory is None:
         known = ", ".join(list_students()) or "(none)"
         raise ValueError(f"unknown student {name!r}; known students: {known}")
-    flags = {**({"preserve_color": True} if preserve_color else {}), **({"smooth_output": True} if smooth_output else {})}
+    if styles is not None:
+        styles = [str(style) for style in styles]
+        if not styles:
+            raise ValueError("a multi-style student needs at least one style name")
+        if len(set(styles)) != len(styles):
+            raise ValueError(f"style names must be unique, got {styles}")
+        if "num_styles" in kwargs:
+            raise ValueError("give styles (their names), not num_styles")
+    flags = {
+        **({"preserve_color": True} if preserve_color else {}),
+        **({"smooth_output": True} if smooth_output else {}),
+        **({"styles": styles} if styles is not None else {}),
+    }
     spec = {"name": name, "kwargs": {**kwargs, **flags}}
     try:
         json.dumps(spec)
@@ -124,10 +149,11 @@ def create_student(name: str, *, preserve_color: bool = False, smooth_output: bo
         raise ValueError(
             f"student {name!r} kwargs must be JSON-serialisable to be checkpointed: {error}"
         ) from error
-    model = factory(**kwargs)
+    model = factory(**kwargs, **({"num_styles": len(styles)} if styles is not None else {}))
     if preserve_color:
         model = ColourPreservingStudent(model)
     if smooth_output:
         model = AffineSmoothedStudent(model)
     model.student_spec = spec
+    model.style_names = tuple(styles) if styles is not None else None
     return model

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from .conditional import check_style_call
 from .layers import ConvInstanceNormReLU, reflect_conv
 from .padding import crop_to_size, reflect_pad_to_multiple
 from .registry import register_student
@@ -55,15 +56,15 @@ def create_feature_encoder(
 class DecoderStage(nn.Module):
     """Upsample to the skip's size, concatenate the skip, then conv + instance norm + ReLU."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, num_styles: int | None = None):
         super().__init__()
-        self.conv = ConvInstanceNormReLU(in_channels + skip_channels, out_channels, kernel_size=3)
+        self.conv = ConvInstanceNormReLU(in_channels + skip_channels, out_channels, kernel_size=3, num_styles=num_styles)
 
-    def forward(self, features: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, skip: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
         # Upsampling to skip.shape (not by x2) keeps sizes exact for any backbone
         # and provable for torch.export with dynamic H/W.
         upsampled = F.interpolate(features, size=skip.shape[-2:], mode="nearest")
-        return self.conv(torch.cat([upsampled, skip], dim=1))
+        return self.conv(torch.cat([upsampled, skip], dim=1), style_weights)
 
 
 class TimmEncoderStudent(nn.Module):
@@ -87,8 +88,10 @@ class TimmEncoderStudent(nn.Module):
         pretrained: bool = False,
         pretrained_file: str | None = None,
         decoder_channels: Sequence[int] | None = None,
+        num_styles: int | None = None,
     ):
         super().__init__()
+        self.num_styles = num_styles
         self.encoder = create_feature_encoder(
             backbone, pretrained=pretrained, pretrained_file=pretrained_file
         )
@@ -115,7 +118,7 @@ class TimmEncoderStudent(nn.Module):
             )
         in_channels = [encoder_channels[-1]] + decoder_channels[:-1]
         self.decoder_stages = nn.ModuleList(
-            DecoderStage(c_in, c_skip, c_out)
+            DecoderStage(c_in, c_skip, c_out, num_styles=num_styles)
             for c_in, c_skip, c_out in zip(in_channels, skip_channels, decoder_channels)
         )
         self.to_rgb = reflect_conv(decoder_channels[-1], 3, kernel_size=3)
@@ -144,8 +147,13 @@ class TimmEncoderStudent(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylise ``images`` (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+
+        ``style_weights`` (1 or B, K): the styles' mix, for a student built with ``num_styles``
+        (the decoder's norms are conditional; the encoder is shared by every style).
+        """
+        check_style_call(self.num_styles, style_weights, images.shape[0])
         height, width = images.shape[-2:]
         padded = reflect_pad_to_multiple(images, multiple=self.stride, min_side=self.min_side)
         normalised = (padded - self.input_mean) / self.input_std
@@ -153,7 +161,7 @@ class TimmEncoderStudent(nn.Module):
         skips = encoder_levels[-2::-1] + [normalised]
         features = encoder_levels[-1]
         for stage, skip in zip(self.decoder_stages, skips):
-            features = stage(features, skip)
+            features = stage(features, skip, style_weights)
         logits = self.to_rgb(features)
         return crop_to_size(torch.sigmoid(logits), height=height, width=width)
 
@@ -165,6 +173,7 @@ def timm_encoder(
     pretrained: bool = False,
     pretrained_file: str | None = None,
     decoder_channels: Sequence[int] | None = None,
+    num_styles: int | None = None,
 ) -> TimmEncoderStudent:
     """Transfer-learning student on a timm ``features_only`` backbone; encoder starts frozen.
 
@@ -176,6 +185,8 @@ def timm_encoder(
             of downloading (implies pretrained).
         decoder_channels: width of each decoder stage, deep to shallow, one per
             encoder level (default 256, 128, 64, 32, 16 for 5-level backbones).
+        num_styles: conditional instance norm in the decoder with this many styles
+            (:mod:`students.conditional`).
 
     Input (B, 3, H, W) in [0, 1] with H, W >= 17 for stride-32 backbones;
     output the same shape in [0, 1].
@@ -185,4 +196,5 @@ def timm_encoder(
         pretrained=pretrained,
         pretrained_file=pretrained_file,
         decoder_channels=decoder_channels,
+        num_styles=num_styles,
     )

@@ -68,10 +68,10 @@ class SharedCriterionStore:
     def __getattr__(self, name: str):
         return getattr(self._store, name)
 
-    def build_criterion(self, config_hash=None, *, device="cpu", weights=None):
+    def build_criterion(self, config_hash=None, *, device="cpu", weights=None, network=None):
         key = (self._store.resolve_config(config_hash), str(device), weights)
         if key not in self._cache:
-            self._cache[key] = self._store.build_criterion(config_hash, device=device, weights=weights)
+            self._cache[key] = self._store.build_criterion(config_hash, device=device, weights=weights, network=network)
         return self._cache[key]
 
 
@@ -350,7 +350,8 @@ def test_checkpoint_rebuilds_without_the_run_config(store, store_root, tmp_path)
         model, metadata = load_student(path)
         extra = metadata["extra"]
         assert metadata["student"] == {"name": "johnson", "kwargs": {"num_residual_blocks": 1}}
-        assert from_dict(TrainConfig, extra["train_config"]) == config
+        # The run's config as decided: smooth_output None ("the teacher decides") became False.
+        assert from_dict(TrainConfig, extra["train_config"]) == replace(config, smooth_output=False)
         assert extra["step"] == 2 and extra["config_hash"] == store.resolve_config()
         assert Path(extra["targets"]) == store_root.resolve()
         assert extra["heldout"]["total"] > 0 and extra["teacher_config"]["criterion"]["weights"] == "random"

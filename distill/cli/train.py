@@ -3,6 +3,8 @@
     python scripts/train_student.py --targets STORE --out RUN_DIR --student johnson --steps 2000
     python scripts/train_student.py --out RUN_DIR --resume --steps 4000      # continue a run
     torchrun --nproc_per_node 2 scripts/train_student.py --targets STORE --out RUN_DIR ...  # DDP
+    python scripts/train_student.py --targets STORE --out RUN_DIR --student fast --multi-style  # every style of STORE
+    python scripts/train_student.py --targets STORE --config-hash NEW --out RUN2 --add-style RUN_DIR/checkpoints/best.safetensors
 
 Settings: TrainConfig defaults, then --config FILE.yaml (or, with --resume, the run's
 saved config), then the options below, then any --set field=value (YAML value).
@@ -98,6 +100,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--smooth-output", action=argparse.BooleanOptionalAction, default=None,
                    help="guided-filter the student's output with its input (photographic results); default: on for photoreal targets")
     p.add_argument("--unfreeze-step", type=_count, help="timm_encoder: train the encoder from this step on")
+    p.add_argument("--multi-style", action=argparse.BooleanOptionalAction, default=None,
+                   help="one student for every teacher config (style) in the store: conditional instance norm")
+    p.add_argument("--add-style", dest="add_style_to", metavar="CHECKPOINT",
+                   help="add the store's style (--config-hash; with --multi-style every style it lacks) to this "
+                        "multi-style checkpoint, training only the new style's norms")
     p.add_argument("--loss-weights", help="loss-network weights override (pretrained, random or a file)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -109,7 +116,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
     names = ("targets", "student", "student_kwargs", "config_hash", "steps", "batch_size", "device", "lr",
              "warmup_steps", "lr_decay_steps", "schedule", "grad_clip", "distill_weight", "crop_size", "precision",
              "channels_last", "compile", "seed", "num_workers", "log_interval", "eval_interval", "eval_size",
-             "image_interval", "checkpoint_interval", "unfreeze_step", "loss_weights", "smooth_output")
+             "image_interval", "checkpoint_interval", "unfreeze_step", "loss_weights", "smooth_output", "multi_style",
+             "add_style_to")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.distill_kind is not None:
         overrides["distill_kind"] = [k.strip() for k in args.distill_kind.split(",") if k.strip()]

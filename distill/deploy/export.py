@@ -7,6 +7,9 @@ Every export:
   specialises the size-1 deepest feature map of smaller inputs);
 * takes and returns float32 RGB in [0, 1], (B, 3, H, W), also when it computes in
   fp16/bf16 (a :class:`distill.deploy.model_files.PrecisionWrapper` casts inside the graph);
+* of a multi-style student takes a second input ``style_weights``, float32 (1, K), one
+  column per style in the order of the metadata's ``style_weights.styles`` (a one-hot
+  row picks a style, a convex one blends them), and is checked with a mix of every style;
 * carries the student spec and provenance as JSON (key :data:`METADATA_KEY`) in ONNX
   ``metadata_props``, pt2 ``extra_files`` or TorchScript ``_extra_files``;
 * is written to a temporary file, **loaded back through**
@@ -65,6 +68,7 @@ from distill.deploy.model_files import (
     load_model,
     read_checkpoint,
 )
+from students.styles import style_names_of
 
 FORMATS = ("onnx", "pt2", "torchscript")
 #: Conventional suffix per format (files are recognised by content, so others work too).
@@ -178,14 +182,18 @@ def export_model(
     exported: nn.Module = copy.deepcopy(reference)
     if dtype != "fp32":
         exported = PrecisionWrapper(exported, DTYPES[dtype]).eval()
+    styles = style_names_of(model)
     metadata = _metadata(spec, format=format, dtype=dtype, stride=stride, min_side=min_side, check_sizes=check_sizes,
-                         tolerance=tolerance, source=source, extra=extra)
-    example = torch.rand(*EXAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+                         tolerance=tolerance, source=source, extra=extra, styles=styles)
+    generator = torch.Generator().manual_seed(0)
+    example: tuple[torch.Tensor, ...] = (torch.rand(*EXAMPLE_SHAPE, generator=generator),)
+    if styles is not None:
+        example += (torch.softmax(torch.randn(1, len(styles), generator=generator), dim=1),)
     with atomic_path(out, suffix=SUFFIXES[format]) as temp:
         exporter, fallback_reason = _write(exported, temp, format=format, example=example, min_side=min_side,
                                            opset=opset, onnx_exporter=onnx_exporter, metadata=metadata)
         diffs = _check_written(reference, temp, format=format, dtype=dtype, exporter=exporter, sizes=check_sizes,
-                               tolerance=tolerance, out=out, log=log)
+                               tolerance=tolerance, out=out, log=log, styles=styles)
     return ExportResult(
         path=out,
         format=format,
@@ -210,8 +218,15 @@ def _metadata(
     tolerance: float,
     source: dict[str, Any] | None,
     extra: dict[str, Any] | None,
+    styles: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The JSON every export carries: the student, its provenance, the I/O contract and how it was checked."""
+    inputs = {}
+    if styles is not None:
+        # The second graph input of a multi-style student: one row of style weights, convex
+        # (a one-hot row picks a style); the names say which column is which style.
+        inputs["style_weights"] = {"name": "style_weights", "shape": [1, len(styles)], "dtype": "float32",
+                                   "styles": list(styles)}
     return {
         "format_version": METADATA_VERSION,
         "student": spec,
@@ -222,6 +237,7 @@ def _metadata(
         "stride": stride,
         "min_side": min_side,
         "input": {"name": "images", "shape": ["batch", 3, "height", "width"], "dtype": "float32", "range": [0, 1]},
+        **inputs,
         "output": {"name": "stylized", "shape": ["batch", 3, "height", "width"], "dtype": "float32", "range": [0, 1]},
         "check": {"sizes": [list(size) for size in check_sizes], "tolerance": tolerance, "reference": "eager fp32"},
         "versions": _versions(format),
@@ -234,7 +250,7 @@ def _write(
     path: Path,
     *,
     format: str,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     min_side: int,
     opset: int | None,
     onnx_exporter: str,
@@ -293,12 +309,24 @@ def _check_written(
     tolerance: float,
     out: Path,
     log: Callable[[str], None] | None,
+    styles: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Load the written file back and compare it with the eager ``reference``; :class:`ExportCheckError` if it differs."""
+    """Load the written file back and compare it with the eager ``reference``; :class:`ExportCheckError` if it differs.
+
+    A multi-style student is compared with a mix of all its styles (every style's
+    normalisation parameters enter the result), passed to both as style weights.
+    """
     try:
         loaded = load_model(path)
     except ModelLoadError as error:
         raise ExportError(f"the exported {format} ({dtype}) file cannot be loaded back: {error}") from error
+    if styles is not None:
+        mix = torch.softmax(torch.randn(1, len(styles), generator=torch.Generator().manual_seed(1)), dim=1)
+        loaded = loaded.with_controls(style_mix={index: float(weight) for index, weight in enumerate(mix[0])})
+        model, weights = reference, loaded.style_weights
+
+        def reference(images: torch.Tensor) -> torch.Tensor:
+            return model(images, weights)
     diffs = check_export(reference, loaded, sizes=sizes)
     for label, diff in diffs.items():
         if log is not None:
@@ -344,34 +372,36 @@ def check_export(
     return diffs
 
 
-def _dims(min_side: int) -> tuple[dict[int, Any], ...]:
+def _dims(min_side: int, inputs: int = 1) -> tuple[dict[int, Any] | None, ...]:
+    """Dynamic batch, height and width of the images; a second input (style weights) is static (1, K)."""
     batch = Dim("batch", min=1)
     height = Dim("height", min=min_side)
     width = Dim("width", min=min_side)
-    return ({0: batch, 2: height, 3: width},)
+    return ({0: batch, 2: height, 3: width},) + (None,) * (inputs - 1)
 
 
 def _write_onnx(
     module: nn.Module,
     path: Path,
     *,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     min_side: int,
     opset: int,
     choice: str,
     metadata: dict[str, Any],
 ) -> tuple[str, str | None]:
+    input_names = ["images", "style_weights"][: len(example)]
     proto = None
     fallback_reason = None
     if choice in ("auto", "dynamo"):
         try:
             program = torch.onnx.export(
                 module,
-                (example,),
+                example,
                 None,
                 dynamo=True,
-                dynamic_shapes=_dims(min_side),
-                input_names=["images"],
+                dynamic_shapes=_dims(min_side, len(example)),
+                input_names=input_names,
                 output_names=["stylized"],
                 opset_version=opset,
                 optimize=True,
@@ -388,10 +418,10 @@ def _write_onnx(
         buffer = io.BytesIO()
         torch.onnx.export(
             module,
-            (example,),
+            example,
             buffer,
             dynamo=False,
-            input_names=["images"],
+            input_names=input_names,
             output_names=["stylized"],
             dynamic_axes={name: {0: "batch", 2: "height", 3: "width"} for name in ("images", "stylized")},
             opset_version=opset,
@@ -410,19 +440,20 @@ def _write_onnx(
     return exporter, fallback_reason
 
 
-def _write_pt2(module: nn.Module, path: Path, *, example: torch.Tensor, min_side: int, metadata: dict[str, Any]) -> str:
+def _write_pt2(module: nn.Module, path: Path, *, example: tuple[torch.Tensor, ...], min_side: int,
+               metadata: dict[str, Any]) -> str:
     metadata["exporter"] = "torch.export"
-    program = torch.export.export(module, (example,), dynamic_shapes=_dims(min_side))
+    program = torch.export.export(module, example, dynamic_shapes=_dims(min_side, len(example)))
     torch.export.save(program, str(path), extra_files={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return "torch.export"
 
 
-def _write_torchscript(module: nn.Module, path: Path, *, example: torch.Tensor, metadata: dict[str, Any]) -> str:
+def _write_torchscript(module: nn.Module, path: Path, *, example: tuple[torch.Tensor, ...], metadata: dict[str, Any]) -> str:
     metadata["exporter"] = "jit.trace"
     # Tracing, not scripting: the students' Python-level attributes (stride, timm's
     # feature hooks) are not scriptable.  Sizes are traced as tensor ops, so the graph
     # stays dynamic; check_export proves it at sizes other than the example's.
-    traced = torch.jit.trace(module, (example,), check_trace=False)
+    traced = torch.jit.trace(module, example, check_trace=False)
     torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return "jit.trace"
 

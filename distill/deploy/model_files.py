@@ -25,6 +25,7 @@ leaves the process's warning filters alone, and the command line silences them.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import ModelFileError, load_error_reason, one_line
+from distill.deploy.controls import apply_strength, check_strength, style_weights
 from students import StudentCheckpointError, read_student_metadata
 from students import load_student as load_checkpoint_model
 
@@ -73,13 +75,22 @@ class PrecisionWrapper(nn.Module):
         self.model = model.to(dtype)
         self.compute_dtype = dtype
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float32 -> (B, 3, H, W) float32, computed in ``compute_dtype``."""
-        return self.model(images.to(self.compute_dtype)).to(torch.float32)
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) float32 -> (B, 3, H, W) float32, computed in ``compute_dtype``.
+
+        ``style_weights`` (1 or B, K) float32, for a multi-style student only.
+        """
+        if style_weights is None:
+            return self.model(images.to(self.compute_dtype)).to(torch.float32)
+        return self.model(images.to(self.compute_dtype), style_weights.to(self.compute_dtype)).to(torch.float32)
 
 
 class StyleModel:
     """A loaded student of any kind: ``model(images)`` with images (B, 3, H, W) in [0, 1].
+
+    A multi-style student (``styles`` is its style names) runs with the style mix of
+    ``style_weights`` (1, K), its first style unless :meth:`with_controls` chose others;
+    ``strength`` < 1 moves every result toward its input (:mod:`distill.deploy.controls`).
 
     Attributes:
         path: the file it was loaded from.
@@ -92,6 +103,9 @@ class StyleModel:
         min_side: smallest H and W it accepts.
         session: for ONNX files, the onnxruntime session (for benchmarks and
             introspection); None otherwise.
+        styles: the style names of a multi-style student, else None.
+        style_weights: (1, K) float32, the mix every call uses (multi-style only).
+        strength: in [0, 1], how far results go from the input toward the stylisation.
     """
 
     def __init__(
@@ -115,6 +129,24 @@ class StyleModel:
         self.stride = int(stride)
         self.min_side = int(min_side)
         self.session: ort.InferenceSession | None = None
+        names = (metadata.get("student") or {}).get("kwargs", {}).get("styles")
+        self.styles: tuple[str, ...] | None = tuple(names) if names else None
+        self.style_weights: torch.Tensor | None = style_weights(self.styles)
+        self.strength = 1.0
+
+    def with_controls(
+        self, *, style_index: int | str | None = None, style_mix: str | dict[int, float] | None = None,
+        strength: float = 1.0,
+    ) -> "StyleModel":
+        """The same model with its style (``style_index`` or ``style_mix``) and ``strength`` set.
+
+        Raises :class:`distill.deploy.controls.StyleControlError` for controls that do
+        not fit the model (see :func:`distill.deploy.controls.style_weights`).
+        """
+        controlled = copy.copy(self)
+        controlled.style_weights = style_weights(self.styles, index=style_index, mix=style_mix)
+        controlled.strength = check_strength(strength)
+        return controlled
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Stylise (B, 3, H, W) float RGB in [0, 1] -> (B, 3, H, W) float32 in [0, 1]."""
@@ -128,13 +160,19 @@ class StyleModel:
                 f"both sides must be at least {self.min_side} px"
             )
         source_device = images.device
+        inputs = images.to(device=self.device, dtype=torch.float32)
         with torch.inference_mode():
-            result = self._run(images.to(device=self.device, dtype=torch.float32))
+            if self.style_weights is None:
+                result = self._run(inputs)
+            else:
+                result = self._run(inputs, self.style_weights.to(self.device))
+            result = apply_strength(inputs, result.to(device=self.device, dtype=torch.float32), self.strength)
         return result.to(device=source_device, dtype=torch.float32)
 
     def __repr__(self) -> str:
         student = self.metadata.get("student", {}).get("name", "?")
-        return f"StyleModel({self.kind}, {student}, {self.dtype}, {self.device}, path={str(self.path)!r})"
+        styles = f", {len(self.styles)} styles" if self.styles else ""
+        return f"StyleModel({self.kind}, {student}{styles}, {self.dtype}, {self.device}, path={str(self.path)!r})"
 
 
 # --- loading ----------------------------------------------------------------------
@@ -353,13 +391,15 @@ def _load_onnx(path: Path, *, device: torch.device, dtype: str | None, threads: 
         raise ModelLoadError(
             f"{path}: onnxruntime cannot run this model on {device} ({one_line(error, limit=400)})"
         ) from None
-    input_name = session.get_inputs()[0].name
+    input_names = [entry.name for entry in session.get_inputs()]
     output_name = session.get_outputs()[0].name
 
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         # ORT takes host numpy arrays here; the copies are small next to the convolutions.
-        array = images.detach().cpu().contiguous().numpy()
-        (result,) = session.run([output_name], {input_name: array})
+        feeds = {input_names[0]: images.detach().cpu().contiguous().numpy()}
+        if weights is not None:
+            feeds[input_names[1]] = weights.detach().cpu().float().contiguous().numpy()
+        (result,) = session.run([output_name], feeds)
         return torch.from_numpy(result)
 
     style_model = _export_style_model(run, path, "onnx", metadata, device, dtype)

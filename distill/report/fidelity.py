@@ -77,6 +77,7 @@ from distill.report.tsne import tsne_2d
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetEntry, TargetStore
 from students import load_student, read_student_metadata
+from students.styles import StyleBound, one_hot_styles, style_names_of
 
 
 @torch.no_grad()
@@ -194,6 +195,21 @@ def prepare(run_dir: str | Path | None, store_root: str | Path, options: Fidelit
     return checkpoint, metadata, store, pairs, config_hash, heldout_fraction
 
 
+def _bind_style(student: torch.nn.Module, metadata: dict[str, Any], config_hash: str) -> torch.nn.Module:
+    """A multi-style student bound to the style that ``config_hash``'s teacher painted (one-hot);
+    a single-style student as it is."""
+    names = style_names_of(student)
+    if names is None:
+        return student
+    configs = list((metadata.get("extra") or {}).get("style_configs") or [])
+    if config_hash not in configs:
+        raise FidelityInputError(
+            f"the multi-style student holds {len(names)} styles ({', '.join(names)}), none of them from teacher "
+            f"config {config_hash[:16]}; pass --config-hash of one of its styles"
+        )
+    return StyleBound(student, one_hot_styles([configs.index(config_hash)], len(names)))
+
+
 def evaluate_fidelity(
     *,
     run_dir: str | Path | None,
@@ -218,7 +234,7 @@ def evaluate_fidelity(
         if layer not in criterion.style_layers:
             raise FidelityInputError(f"embedding layer {layer!r} is not one of the style layers {', '.join(criterion.style_layers)}")
     student, metadata = load_student(checkpoint, device=device)
-    student.eval()
+    student = _bind_style(student, metadata, config_hash).eval()
 
     count = len(pairs) if options.max_images is None else min(len(pairs), options.max_images)
     # Baselines and stylisation figures are measured against the (first) style, as the teacher saw it.

@@ -63,7 +63,7 @@ from distill.core.files import sha256_file, sha256_json, write_json_atomic
 from distill.core.imageio import load_image, save_image
 from distill.core.masks import MaskError, load_mask, mask_image
 from distill.objective.criterion import StyleCriterion, build_criterion
-from distill.objective.lossnet import weights_file
+from distill.objective.lossnet import LossNetwork, weights_file
 from distill.targets.manifest import ManifestReader
 from teachers.gatys import TeacherConfig
 
@@ -288,7 +288,7 @@ class TargetStore:
                 return hashes[0]
             if not hashes:
                 raise StoreError(f"{self.root}: the store has no teacher configs yet")
-            listing = "; ".join(f"{h[:16]} ({describe_config(self.teacher_config(h))})" for h in hashes)
+            listing = "; ".join(f"{h[:16]} (style {self.style_name(h)}, {describe_config(self.teacher_config(h))})" for h in hashes)
             raise StoreError(f"{self.root}: the store has {len(hashes)} teacher configs, pass config_hash=one of: {listing}")
         matches = [h for h in hashes if h.startswith(config_hash)]
         if len(matches) == 1 and config_hash:
@@ -321,6 +321,11 @@ class TargetStore:
     def style_hashes(self, config_hash: str | None = None) -> tuple[str, ...]:
         return tuple(self.config_record(config_hash)["styles"])
 
+    def style_name(self, config_hash: str | None = None) -> str:
+        """A readable name for the style of ``config_hash``: its style file's stem ("candy"),
+        or the stems joined by "+" for a blend of several styles."""
+        return "+".join(Path(record["name"]).stem for record in self.config_record(config_hash)["style_files"])
+
     def style_paths(self, config_hash: str | None = None) -> list[Path]:
         """Absolute paths of the store's style copies, in blend order."""
         return [self.root / record["file"] for record in self.config_record(config_hash)["style_files"]]
@@ -351,12 +356,15 @@ class TargetStore:
         *,
         device: str | torch.device = "cpu",
         weights: str | None = None,
+        network: LossNetwork | None = None,
     ) -> StyleCriterion:
         """Exactly the teacher's criterion for ``config_hash``.
 
         ``weights`` replaces the loss-network weights source only when given, e.g. a local
         weights file standing in for ``"pretrained"`` on an offline machine. Otherwise a
         weights file must still hold what the teacher used (:class:`StoreError` if not).
+        ``network``: an already built loss network to share (it must be the one the config
+        describes, see :func:`loss_network_key`), e.g. across the styles of a multi-style run.
         """
         criterion_config = self.teacher_config(config_hash).criterion
         if weights is not None:
@@ -365,7 +373,16 @@ class TargetStore:
             self._check_weights_file(config_hash)
         # Global style statistics even when the targets were made with semantic masks: a
         # student's training photos have no masks; it learns the regions from the targets.
-        return build_criterion(criterion_config, self.style_images(config_hash), device=device)
+        return build_criterion(criterion_config, self.style_images(config_hash), device=device, network=network)
+
+    def loss_network_key(self, config_hash: str | None = None, *, weights: str | None = None) -> tuple:
+        """What determines the loss network of ``config_hash`` (configs with equal keys can share one)."""
+        criterion_config = self.teacher_config(config_hash).criterion.resolved()
+        if weights is not None:
+            criterion_config = dataclasses.replace(criterion_config, weights=weights)
+        content_layers, style_layers = criterion_config.resolved_layers()
+        layers = tuple(dict.fromkeys(content_layers + style_layers))
+        return (criterion_config.backbone, criterion_config.weights, criterion_config.seed, criterion_config.pooling, layers)
 
     def _check_weights_file(self, config_hash: str | None) -> None:
         record = self.config_record(config_hash)

@@ -67,6 +67,12 @@ class TrainConfig:
     # photographic outputs. None: on when the store's teacher is photorealistic (--photoreal).
     smooth_output: bool | None = None
     unfreeze_step: int | None = None  # timm_encoder: the (frozen at start) encoder trains from this step on; None = never
+    # One student for every teacher config (style) in the store: conditional instance norm,
+    # one (gamma, beta) per style (students.conditional); batches mix styles.
+    multi_style: bool = False
+    # A multi-style checkpoint to add the store's style(s) to: only the new styles' (gamma, beta)
+    # train, every other weight and style stays as it was (students.styles.train_only_styles).
+    add_style_to: str | None = None
     # objective
     # Pull towards the teacher image: pixel_l1, pixel_l2, ssim (1 - SSIM) and/or feature
     # (content-layer distance). Pixel L1 + SSIM at weight 10 is the measured best on held-out
@@ -126,6 +132,10 @@ def _check_objective(config: TrainConfig) -> None:
         raise ConfigError(f"distill_weight must be >= 0, got {config.distill_weight}")
     if config.distill_weight > 0 and not kinds:
         raise ConfigError("distill_weight > 0 needs at least one distill_kind")
+    if config.multi_style and config.config_hash is not None:
+        raise ConfigError("multi_style trains on every teacher config of the store; leave config_hash unset")
+    if config.add_style_to is not None and config.weight_decay:
+        raise ConfigError("add_style_to trains the new style's norms only; weight_decay would move the frozen styles, set it to 0")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
 

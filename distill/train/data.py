@@ -35,6 +35,37 @@ def target_pairs(store: TargetStore, **kwargs: Any) -> TargetPairs:
     return TargetPairs(store, verify=True, **kwargs)
 
 
+class StylePairs(torch.utils.data.Dataset):
+    """The pairs of several styles as one dataset; each item also names its ``"style"`` (position in ``parts``).
+
+    A multi-style run's batches then mix styles as the seeded batch order falls.
+    """
+
+    def __init__(self, parts: list[TargetPairs]) -> None:
+        self.parts = parts
+        self.offsets = list(np.cumsum([0] + [len(part) for part in parts]))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(style position, index within that style's pairs) of item ``index``."""
+        style = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return style, index - int(self.offsets[style])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        style, within = self.locate(index)
+        return {**self.parts[style][within], "style": style}
+
+    @property
+    def torn_manifest_lines(self) -> dict[Any, int]:
+        torn: dict[Any, int] = {}
+        for part in self.parts:
+            for path, count in part.torn_manifest_lines.items():
+                torn[path] = torn.get(path, 0) + count
+        return torn
+
+
 def _mix(*values: int) -> int:
     """A well-spread 63-bit seed from integers (numpy's SeedSequence hashing)."""
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
@@ -116,8 +147,9 @@ class CroppedPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | DistillError:
-        """The cropped pair; a :class:`DistillError` (a target that cannot be read) is returned, not raised.
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...] | DistillError:
+        """The cropped pair (and, from :class:`StylePairs`, its style position); a
+        :class:`DistillError` (a target that cannot be read) is returned, not raised.
 
         Returned so that it reaches the training loop as itself, with its one-line
         message, also from a DataLoader worker process (see :func:`collate_or_error`).
@@ -127,7 +159,8 @@ class CroppedPairs(torch.utils.data.Dataset):
             pair = self.pairs[index]
         except DistillError as error:
             return error
-        return random_crop_pair(pair["content"], pair["target"], crop_size=self.crop_size, hflip=self.hflip, seed=seed)
+        cropped = random_crop_pair(pair["content"], pair["target"], crop_size=self.crop_size, hflip=self.hflip, seed=seed)
+        return (*cropped, pair["style"]) if "style" in pair else cropped
 
 
 def collate_or_error(items: list[Any]) -> Any:

@@ -67,15 +67,24 @@ def evaluate(
 
 @torch.no_grad()
 def sample_grid(
-    student: nn.Module, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], *, luminance_only: bool, device: torch.device
+    student: nn.Module,
+    samples: Sequence[tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    *,
+    luminance_only: bool,
+    device: torch.device,
 ) -> torch.Tensor:
-    """(3, H, W) grid in [0, 1]: one row per sample, content | teacher | student."""
+    """(3, H, W) grid in [0, 1]: one row per sample, content | teacher | student.
+
+    A sample may carry a third item, the (1, K) style weights a multi-style student runs with.
+    """
     was_training = student.training
     student.eval()
     try:
         tiles = []
-        for content, target in samples:
-            output = student(content.unsqueeze(0).to(device)).float().clamp(0, 1)
+        for content, target, *style in samples:
+            inputs = content.unsqueeze(0).to(device)
+            weights = style[0] if style else None
+            output = (student(inputs) if weights is None else student(inputs, weights.to(device))).float().clamp(0, 1)
             if luminance_only:
                 output = transfer_luminance(output, content.unsqueeze(0).to(device))
             tiles += [content, target, output[0].cpu()]

@@ -38,10 +38,18 @@ from distill.objective.lossnet import is_random_weights
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetStore
 from distill.train.config import TrainConfig, check_resume_compatible, is_saved_config, lr_at, saved_train_config
-from distill.train.data import CroppedPairs, StepBatchSampler, centre_square, collate_or_error, open_store, target_pairs
+from distill.train.data import (
+    CroppedPairs,
+    StepBatchSampler,
+    StylePairs,
+    centre_square,
+    collate_or_error,
+    open_store,
+    target_pairs,
+)
 from distill.train.distributed import DistInfo, all_mean, barrier, wrap
 from distill.train.evaluate import evaluate, sample_grid
-from distill.train.objective import backward_step, forward_objective
+from distill.train.objective import backward_step, forward_objective, forward_style_objective
 from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsError: this module's API, as before
     MissingRunError,
     ResumeState,
@@ -56,8 +64,9 @@ from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsE
     set_rng_state,
     yaml_text,
 )
-from students import create_student
+from students import create_student, load_student, read_student_metadata
 from students.checkpoint import save_student
+from students.styles import StyleBound, extend_styles, one_hot_styles, train_only_styles
 
 #: ``log(line)``: a line for the user (the run's set-up, evaluations, warnings).
 LogCallback = Callable[[str], None]
@@ -139,10 +148,13 @@ def train(
     loop = None
     try:
         data = _prepare_data(store, config, device)
+        if data.base_checkpoint is not None:  # the extended student decides the architecture
+            config = replace(config, student=read_student_metadata(data.base_checkpoint)["student"]["name"])
         if config.smooth_output is None:  # decided by the teacher: photorealistic targets get a smoothed student
             config = replace(config, smooth_output=bool(data.extra["teacher_config"].get("photoreal_weight", 0.0)))
+        data.extra["train_config"] = to_dict(config)  # as decided, in every checkpoint
         with isolated_rng(config.seed):
-            model = _build_student(config, data.criterion, device, resumed)
+            model = _build_student(config, data, device, resumed)
             loop = _Loop(config, run_dir, data, model, device=device, dist_info=dist_info, log=log,
                          progress=(progress or None) if dist_info.main else None,
                          keep_previous_state=resumed is None or resumed.warning is None)
@@ -167,14 +179,33 @@ def train(
 
 
 @dataclass
-class _Data:
-    """The store's side of a run, ready before the student exists."""
+class _Style:
+    """One style a run trains: its teacher config, criterion and pairs, and its index in the student."""
 
+    name: str
+    config_hash: str
+    index: int  # the style's index among the student's styles (0 for a single-style student)
     criterion: StyleCriterion
     train_pairs: TargetPairs
     eval_pairs: TargetPairs  # the held-out pairs, or the training pairs when the store has none
+
+
+@dataclass
+class _Data:
+    """The store's side of a run, ready before the student exists."""
+
+    criterion: StyleCriterion  # the first trained style's (the only one of a single-style run)
+    train_pairs: TargetPairs | StylePairs
+    eval_pairs: TargetPairs  # the first trained style's held-out pairs (or training pairs when the store has none)
     eval_split: str  # "heldout" or "train"
     extra: dict[str, Any]  # checkpoint metadata shared by every save of the run
+    styles: list[_Style]  # the trained styles, in the order of StylePairs' "style" positions
+    student_styles: list[str] | None = None  # every style name of a multi-style student, in index order
+    base_checkpoint: Path | None = None  # add_style_to: the multi-style student the new styles join
+
+    @property
+    def multi_style(self) -> bool:
+        return self.student_styles is not None
 
 
 @dataclass
@@ -216,46 +247,111 @@ def _open_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> ResumeStat
 
 
 def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.device) -> _Data:
-    """Open the store, rebuild the teacher's criterion on ``device`` and split the targets."""
+    """Open the store, rebuild each trained style's criterion on ``device`` and split its targets."""
     if not config.targets and store is None:
         raise ConfigError("no target store given (config.targets / --targets)")
     if store is None:
         store = open_store(config.targets)
-    config_hash = store.resolve_config(config.config_hash)
-    criterion = store.build_criterion(config_hash, device=device, weights=config.loss_weights)
-    criterion.requires_grad_(False)
-    if config.channels_last:
-        criterion = criterion.to(memory_format=torch.channels_last)
-    pair_options = {"config_hash": config_hash, "heldout_fraction": config.heldout_fraction}
-    train_pairs = target_pairs(store, split="train", **pair_options)
-    if len(train_pairs) == 0:
-        raise StoreError(f"the store {config.targets} has no training targets for teacher config {config_hash}")
-    eval_pairs, eval_split = target_pairs(store, split="heldout", **pair_options), "heldout"
-    if len(eval_pairs) == 0:
-        eval_pairs, eval_split = train_pairs, "train"
+    base_styles, base_configs, base_checkpoint = _base_styles(config)
+    config_hashes = _trained_configs(store, config, base_configs)
+    pair_options = {"heldout_fraction": config.heldout_fraction}
+    networks: dict[tuple, Any] = {}  # styles whose loss networks are equal share one
+    styles = []
+    names = _unique_names([store.style_name(h) for h in config_hashes], taken=base_styles)
+    for position, (config_hash, name) in enumerate(zip(config_hashes, names)):
+        key = store.loss_network_key(config_hash, weights=config.loss_weights)
+        criterion = store.build_criterion(config_hash, device=device, weights=config.loss_weights,
+                                          network=networks.get(key))
+        networks.setdefault(key, criterion.network)
+        criterion.requires_grad_(False)
+        if config.channels_last:
+            criterion = criterion.to(memory_format=torch.channels_last)
+        train_pairs = target_pairs(store, split="train", config_hash=config_hash, **pair_options)
+        if len(train_pairs) == 0:
+            raise StoreError(f"the store {config.targets} has no training targets for teacher config {config_hash}")
+        eval_pairs = target_pairs(store, split="heldout", config_hash=config_hash, **pair_options)
+        styles.append(_Style(name, config_hash, len(base_styles) + position, criterion, train_pairs, eval_pairs))
+    eval_split = "heldout" if all(len(style.eval_pairs) for style in styles) else "train"
+    if eval_split == "train":
+        for style in styles:
+            style.eval_pairs = style.train_pairs
+    if len({bool(style.criterion.luminance_only) for style in styles}) > 1:
+        raise ConfigError("the styles mix colour-preserving and full-colour teachers; one student cannot do both")
+    multi = config.multi_style or config.add_style_to is not None
+    criterion = styles[0].criterion
     weights = criterion.weights_description
+    first = styles[0].config_hash
     extra = {
         "train_config": to_dict(config),
         "targets": str(Path(config.targets).resolve()) if config.targets else str(store.root),
-        "config_hash": config_hash,
-        "teacher_config": to_dict(store.teacher_config(config_hash)),
+        "config_hash": first,
+        "teacher_config": to_dict(store.teacher_config(first)),
         "loss_network_weights": weights,
         "loss_network_random": is_random_weights(weights),
-        "teacher_weights": sorted({str(entry.weights) for entry in store.entries(config_hash, traces=False)} - {""}),
+        "teacher_weights": sorted({str(entry.weights) for style in styles
+                                   for entry in store.entries(style.config_hash, traces=False)} - {""}),
         "luminance_only": bool(criterion.luminance_only),
         "eval_split": eval_split,
     }
-    return _Data(criterion, train_pairs, eval_pairs, eval_split, extra)
+    if multi:
+        # Which teacher config made each style: what add_style_to needs to know what a student holds.
+        extra["style_configs"] = [*base_configs, *config_hashes]
+    return _Data(
+        criterion,
+        StylePairs([style.train_pairs for style in styles]) if multi else styles[0].train_pairs,
+        styles[0].eval_pairs,
+        eval_split,
+        extra,
+        styles,
+        student_styles=[*base_styles, *(style.name for style in styles)] if multi else None,
+        base_checkpoint=base_checkpoint,
+    )
 
 
-def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch.device,
-                   resumed: ResumeState | None) -> _Model:
+def _base_styles(config: TrainConfig) -> tuple[list[str], list[str], Path | None]:
+    """(style names, their teacher configs, checkpoint) of the student that ``add_style_to`` extends."""
+    if config.add_style_to is None:
+        return [], [], None
+    path = Path(config.add_style_to)
+    metadata = read_student_metadata(path)
+    names = metadata["student"]["kwargs"].get("styles")
+    if not names:
+        raise ConfigError(f"{path}: is a single-style student; add_style_to needs one trained with multi_style")
+    configs = list(metadata["extra"].get("style_configs") or [])
+    return list(names), configs, path
+
+
+def _trained_configs(store: TargetStore, config: TrainConfig, base_configs: list[str]) -> list[str]:
+    """The teacher configs this run trains: the chosen one, or with ``multi_style`` every one
+    of the store (ordered by style name), less those the extended student already holds."""
+    if not config.multi_style:
+        chosen = store.resolve_config(config.config_hash)
+        if chosen in base_configs:
+            raise ConfigError(f"{config.add_style_to}: already holds the style of teacher config {chosen[:16]}")
+        return [chosen]
+    hashes = [h for h in store.config_hashes() if h not in base_configs]
+    if not hashes:
+        where = f" that {config.add_style_to} does not already hold" if base_configs else ""
+        raise StoreError(f"{store.root}: the store has no teacher configs{where}")
+    return sorted(hashes, key=lambda h: (store.style_name(h), h))
+
+
+def _unique_names(names: list[str], *, taken: list[str]) -> list[str]:
+    """``names`` with a suffix (#2, #3, ...) on any that repeats one before it or one already ``taken``."""
+    seen, unique = set(taken), []
+    for name in names:
+        candidate, count = name, 1
+        while candidate in seen:
+            count += 1
+            candidate = f"{name}#{count}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def _build_student(config: TrainConfig, data: _Data, device: torch.device, resumed: ResumeState | None) -> _Model:
     """The student, its optimiser and loss scaler; with ``resumed``, as the saved run left them (random state too)."""
-    # A colour-preserving teacher's student carries the chroma transfer inside the model, a
-    # photorealistic teacher's student its affine smoothing (TrainConfig.smooth_output).
-    student = create_student(config.student, preserve_color=bool(criterion.luminance_only),
-                             smooth_output=bool(config.smooth_output), **config.student_kwargs)
-    student = student.to(device)
+    student = _new_student(config, data).to(device)
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -278,6 +374,23 @@ def _build_student(config: TrainConfig, criterion: StyleCriterion, device: torch
         model.start_step, model.resumed = int(state["step"]), True
     student.train()
     return model
+
+
+def _new_student(config: TrainConfig, data: _Data) -> nn.Module:
+    """A fresh student for the run, or (``add_style_to``) the extended student with only its new styles trainable."""
+    luminance_only = bool(data.criterion.luminance_only)
+    if data.base_checkpoint is None:
+        # A colour-preserving teacher's student carries the chroma transfer inside the model, a
+        # photorealistic teacher's student its affine smoothing (TrainConfig.smooth_output).
+        return create_student(config.student, preserve_color=luminance_only, smooth_output=bool(config.smooth_output),
+                              styles=data.student_styles, **config.student_kwargs)
+    base, metadata = load_student(data.base_checkpoint)
+    if bool(metadata["extra"].get("luminance_only")) != luminance_only:
+        raise ConfigError(f"{data.base_checkpoint}: its styles and the new one differ in colour preservation; "
+                          "one student cannot do both")
+    student = extend_styles(base, [style.name for style in data.styles])
+    train_only_styles(student, [style.index for style in data.styles])
+    return student
 
 
 def _apply_freeze(student: nn.Module, config: TrainConfig, step: int) -> bool:
@@ -308,14 +421,36 @@ def _make_loader(config: TrainConfig, pairs: TargetPairs, *, start_step: int, di
     )
 
 
+def _preview(config: TrainConfig, data: _Data) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Rows of the sample grid: (photo, teacher, style weights or None); with several styles,
+    each row shows the next style (on its first held-out photo)."""
+    rows = []
+    for row in range(config.image_samples):
+        style = data.styles[row % len(data.styles)]
+        index = row // len(data.styles)
+        if index >= len(style.eval_pairs):
+            break
+        pair = style.eval_pairs[index]
+        weights = one_hot_styles([style.index], len(data.student_styles)) if data.multi_style else None
+        rows.append((centre_square(pair["content"], config.eval_size), centre_square(pair["target"], config.eval_size), weights))
+    return rows
+
+
 def _announce(log: LogCallback, config: TrainConfig, data: _Data, *, start_step: int, device: torch.device,
               dist_info: DistInfo) -> None:
     """The run's set-up in a few lines, with warnings for random loss-network weights and a missing held-out split."""
     where = f"{device}" + (f" x {dist_info.world_size} processes" if dist_info.world_size > 1 else "")
     action = f"resuming at step {start_step}" if start_step else "starting"
-    heldout_count = len(data.eval_pairs) if data.eval_split == "heldout" else 0
+    heldout_count = sum(len(style.eval_pairs) for style in data.styles) if data.eval_split == "heldout" else 0
     log(f"train: {action}; student {config.student}, {len(data.train_pairs)} train / {heldout_count} held-out targets, "
         f"{config.steps} steps, batch {config.batch_size}, {config.precision} on {where}")
+    if data.multi_style:
+        trained = ", ".join(f"{style.index}: {style.name}" for style in data.styles)
+        if data.base_checkpoint is not None:
+            log(f"train: adding style(s) {trained} to {data.base_checkpoint} ({len(data.student_styles) - len(data.styles)} "
+                "styles kept as they are; only the new styles' norms train)")
+        else:
+            log(f"train: {len(data.styles)} styles in one student (conditional instance norm): {trained}")
     log(f"train: loss network weights: {data.extra['loss_network_weights']}")
     if data.extra["loss_network_random"]:
         log("WARNING: the loss network has RANDOM weights: a seeded random texture network, not learned "
@@ -346,7 +481,7 @@ class _Loop:
         self.keep_previous_state = keep_previous_state
         self.history: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []
-        self.teacher_cache: dict[int, float] = {}
+        self.teacher_caches: dict[int, dict[int, float]] = {}  # per trained style: held-out index -> teacher's criterion
         self.files = RunFiles(run_dir, start_step=self.start_step) if dist_info.main else None
         self.preview: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
@@ -354,11 +489,7 @@ class _Loop:
                 write_text_atomic(run_dir / "config.yaml", yaml_text(to_dict(config)))
                 _announce(log, config, data, start_step=self.start_step, device=device, dist_info=dist_info)
                 self.files.describe(config, data.extra["loss_network_weights"], self.start_step)
-                self.preview = [
-                    (centre_square(data.eval_pairs[i]["content"], config.eval_size),
-                     centre_square(data.eval_pairs[i]["target"], config.eval_size))
-                    for i in range(min(config.image_samples, len(data.eval_pairs)))
-                ]
+                self.preview = _preview(config, data)
             self.loader = _make_loader(config, data.train_pairs, start_step=self.start_step, dist_info=dist_info,
                                        device=device)
             self.model = wrap(self.student, config, dist_info, device)
@@ -372,14 +503,14 @@ class _Loop:
         for step, batch in zip(range(self.start_step + 1, config.steps + 1), self.loader):
             if isinstance(batch, Exception):
                 raise batch  # a target that could not be read (see collate_or_error)
-            content, target = batch
+            content, target, *styles = batch  # a multi-style batch also names each image's style
             if _apply_freeze(self.student, config, step):
                 # DDP only tracks the parameters that are trainable when it wraps the student.
                 self.model = wrap(self.student, config, self.dist_info, self.device)
             lr = lr_at(step, config)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            record = self._train_step(step, lr, content, target)
+            record = self._train_step(step, lr, content, target, styles[0] if styles else None)
             self.step = step
             self._log_step(step, record)
             self._periodic_writes(step, lr)
@@ -388,16 +519,24 @@ class _Loop:
         if self.files is not None:
             self.files.close()
 
-    def _train_step(self, step: int, lr: float, content: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    def _train_step(self, step: int, lr: float, content: torch.Tensor, target: torch.Tensor,
+                    styles: torch.Tensor | None) -> dict[str, float]:
         """Forward, the all-reduced terms, the non-finite check and the update of one step; its record."""
         content = content.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         if self.config.channels_last:
             content = content.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
-        objective, terms = forward_objective(
-            self.model, self.data.criterion, content, target, config=self.config, device=self.device
-        )
+        if styles is None:
+            objective, terms = forward_objective(
+                self.model, self.data.criterion, content, target, config=self.config, device=self.device
+            )
+        else:
+            objective, terms = forward_style_objective(
+                self.model, [style.criterion for style in self.data.styles], content, target, styles,
+                model_styles=[style.index for style in self.data.styles], style_count=len(self.data.student_styles),
+                config=self.config, device=self.device,
+            )
         names = list(terms)
         reduced = all_mean(torch.stack([terms[n].detach().float() for n in names]), self.dist_info).cpu()
         bad = [(n, float(v)) for n, v in zip(names, reduced) if not math.isfinite(float(v))]
@@ -453,11 +592,27 @@ class _Loop:
             self.last_saved_step = step
             barrier(self.dist_info)
 
+    def _evaluate_styles(self) -> dict[str, float]:
+        """Held-out metrics of each trained style (a multi-style student bound to it); their mean,
+        plus ``ssim/<style>`` per style when there are several."""
+        per_style = []
+        for position, style in enumerate(self.data.styles):
+            student = self.student
+            if self.data.multi_style:
+                student = StyleBound(student, one_hot_styles([style.index], len(self.data.student_styles)))
+            per_style.append(evaluate(student, style.criterion, style.eval_pairs, config=self.config, device=self.device,
+                                      teacher_cache=self.teacher_caches.setdefault(position, {})))
+        if len(per_style) == 1:
+            return per_style[0]
+        names = per_style[0].keys() & set.intersection(*(set(metrics) for metrics in per_style))
+        evaluated = {name: sum(metrics[name] for metrics in per_style) / len(per_style) for name in sorted(names)}
+        evaluated.update({f"ssim/{style.name}": metrics["ssim"] for style, metrics in zip(self.data.styles, per_style)})
+        return evaluated
+
     def _evaluate(self, step: int) -> None:
         """Evaluate on the held-out pairs, record and report it, and keep the best student so far."""
         split = self.data.eval_split
-        evaluated = evaluate(self.student, self.data.criterion, self.data.eval_pairs, config=self.config,
-                             device=self.device, teacher_cache=self.teacher_cache)
+        evaluated = self._evaluate_styles()
         self.latest_eval = {"step": step, **evaluated}
         self.evaluations.append(self.latest_eval)
         self.files.record(step, split if split == "heldout" else "train_eval", evaluated)

