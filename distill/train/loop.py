@@ -64,7 +64,7 @@ from distill.train.runfiles import (  # noqa: F401 - MissingRunError, RunExistsE
     set_rng_state,
     yaml_text,
 )
-from students import create_student, load_student, read_student_metadata
+from students import StudentCheckpointError, create_student, load_student, read_student_metadata
 from students.checkpoint import save_student
 from students.styles import StyleBound, extend_styles, one_hot_styles, train_only_styles
 
@@ -148,6 +148,8 @@ def train(
     loop = None
     try:
         data = _prepare_data(store, config, device)
+        if resumed is not None:
+            _check_same_styles(run_dir, data)
         if data.base_checkpoint is not None:  # the extended student decides the architecture
             config = replace(config, student=read_student_metadata(data.base_checkpoint)["student"]["name"])
         if config.smooth_output is None:  # decided by the teacher: photorealistic targets get a smoothed student
@@ -306,6 +308,23 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
         student_styles=[*base_styles, *(style.name for style in styles)] if multi else None,
         base_checkpoint=base_checkpoint,
     )
+
+
+def _check_same_styles(run_dir: Path, data: _Data) -> None:
+    """A resumed multi-style run must train the styles it started with (the store may have gained some since)."""
+    last = checkpoint_paths(run_dir)["last"]
+    if not data.multi_style or not last.exists():
+        return
+    try:
+        saved = read_student_metadata(last)["extra"].get("style_configs")
+    except StudentCheckpointError:
+        return  # an unreadable last checkpoint: the resume itself reports on the run's state
+    if saved is not None and list(saved) != data.extra["style_configs"]:
+        raise ConfigError(
+            f"cannot resume: the store's styles changed since the run started ({len(saved)} then, "
+            f"{len(data.extra['style_configs'])} now); start a new run, or add the new styles to its "
+            "checkpoint with add_style_to (--add-style)"
+        )
 
 
 def _base_styles(config: TrainConfig) -> tuple[list[str], list[str], Path | None]:
