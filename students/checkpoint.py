@@ -29,7 +29,7 @@ from torch import nn
 from distill.core.errors import ModelFileError, one_line
 from distill.core.files import write_bytes_atomic
 
-from .registry import create_student
+from .registry import create_student, rebuild_kwargs
 
 FORMAT_VERSION = "1"
 FORMAT_KEY = "distill.format"
@@ -164,7 +164,7 @@ def load_student(
     path = Path(path)
     metadata = read_student_metadata(path)
     name = metadata["student"]["name"]
-    kwargs = _kwargs_for_rebuild(metadata["student"]["kwargs"])
+    kwargs = rebuild_kwargs(metadata["student"]["kwargs"])
     try:
         model = create_student(name, **kwargs)
     except (ValueError, TypeError, RuntimeError) as error:
@@ -182,16 +182,6 @@ def load_student(
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), metadata
-
-
-def _kwargs_for_rebuild(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop requests for pretrained weights: the checkpoint holds every weight,
-    and re-downloading them would make loading need the network."""
-    kwargs = dict(kwargs)
-    if kwargs.get("pretrained"):
-        kwargs["pretrained"] = False
-    kwargs.pop("pretrained_file", None)
-    return kwargs
 
 
 def _describe_state_mismatch(

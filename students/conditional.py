@@ -48,10 +48,12 @@ class ConditionalInstanceNorm2d(nn.Module):
                 f"this student holds {self.num_styles} styles: call it with style weights (N, {self.num_styles})"
             )
         normalised = F.instance_norm(features, eps=NORM_EPSILON)
-        weights = style_weights.to(normalised.dtype)
-        scale = (weights @ self.weight.to(normalised.dtype))[:, :, None, None]
-        shift = (weights @ self.bias.to(normalised.dtype))[:, :, None, None]
-        return normalised * scale + shift
+        # The mix and the affine in float32, as InstanceNorm2d applies its affine: under bf16/fp16
+        # autocast a matmul would round gamma to 8 bits. Elementwise ops, so autocast leaves them be.
+        weights = style_weights.float()[:, :, None]
+        scale = (weights * self.weight.float()[None]).sum(dim=1)[:, :, None, None]
+        shift = (weights * self.bias.float()[None]).sum(dim=1)[:, :, None, None]
+        return (normalised.float() * scale + shift).to(normalised.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_styles={self.num_styles}"

@@ -90,6 +90,17 @@ class AffineSmoothedStudent(StudentWrapper):
         return guided_filter(self.student(images, style_weights), images, radius=self.radius, epsilon=self.epsilon)
 
 
+def rebuild_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A saved spec's kwargs for rebuilding a student whose weights are all at hand (a checkpoint):
+    requests for pretrained weights are dropped, since re-downloading them would make loading
+    need the network."""
+    kwargs = dict(kwargs)
+    if kwargs.get("pretrained"):
+        kwargs["pretrained"] = False
+    kwargs.pop("pretrained_file", None)
+    return kwargs
+
+
 def create_student(
     name: str,
     *,

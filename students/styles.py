@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .conditional import conditional_norms
-from .registry import create_student
+from .registry import create_student, rebuild_kwargs
 
 
 def style_names_of(model: nn.Module) -> tuple[str, ...] | None:
@@ -63,8 +63,10 @@ def extend_styles(model: nn.Module, new_styles: Sequence[str]) -> nn.Module:
     if clash:
         raise ValueError(f"the student already holds style(s) {', '.join(clash)}")
     spec = model.student_spec
-    kwargs = {key: value for key, value in spec["kwargs"].items() if key != "styles"}
+    # Every weight comes from ``model``: never ask for pretrained weights (a download) again.
+    kwargs = {key: value for key, value in rebuild_kwargs(spec["kwargs"]).items() if key != "styles"}
     extended = create_student(spec["name"], styles=[*names, *new_styles], **kwargs)
+    extended.student_spec = {"name": spec["name"], "kwargs": {**spec["kwargs"], "styles": [*names, *new_styles]}}
     state = model.state_dict()
     grown = {}
     for key, tensor in extended.state_dict().items():
@@ -94,5 +96,6 @@ def train_only_styles(model: nn.Module, indices: Sequence[int]) -> list[torch.ut
         mask[keep] = 1.0
         for parameter in (norm.weight, norm.bias):
             parameter.requires_grad_(True)
-            handles.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype)))
+            # The mask follows the gradient: the model may move to another device after this call.
+            handles.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype)))
     return handles

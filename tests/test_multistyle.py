@@ -158,6 +158,8 @@ def test_style_controls_and_their_one_line_refusals():
             style_weights(names, **controls)
     with pytest.raises(StyleControlError, match="single style"):
         style_weights(None, index=0)
+    with pytest.raises(StyleControlError, match="finite and >= 0"):
+        style_weights(names, mix={0: 2.0, 1: -1.0})  # a library mix is checked as the command line's is
     content, stylised = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
     assert torch.equal(apply_strength(content, stylised, 0.0), content)
     assert torch.equal(apply_strength(content, stylised, 1.0), stylised)
@@ -188,6 +190,10 @@ def test_exports_take_style_weights_and_match_the_checkpoint(multi_checkpoint, t
         expected = reference(images, torch.tensor(weights))
         assert (exported.with_controls(**controls)(images) - expected).abs().max() < 1e-4
     assert torch.equal(exported.with_controls(strength=0.0)(images), images)
+    # Controls compose: setting the strength keeps the chosen style.
+    chosen = exported.with_controls(style_index=2).with_controls(strength=0.5)
+    expected = 0.5 * images + 0.5 * reference(images, torch.tensor([[0.0, 0.0, 1.0]]))
+    assert (chosen(images) - expected).abs().max() < 1e-4
 
 
 def _write_photo(path: Path, seed: int) -> Path:
@@ -301,6 +307,11 @@ def test_multi_style_training_mixes_styles_and_saves_their_names(two_style_store
     with pytest.raises(Exception, match="already holds"):
         train(_tiny(two_style_store / "store", config_hash=late_hash, add_style_to=str(added.last_checkpoint)),
               tmp_path / "again")
+    unrecorded = save_student(create_student("fast", styles=["x", "y"]), tmp_path / "unrecorded.safetensors")
+    with pytest.raises(Exception, match="does not record which teacher config"):
+        train(_tiny(two_style_store / "store", config_hash=late_hash, add_style_to=str(unrecorded)), tmp_path / "unrecorded")
+    with pytest.raises(Exception, match="unfreeze_step"):
+        _tiny(two_style_store / "store", add_style_to=str(added.last_checkpoint), unfreeze_step=2)
     single = save_student(create_student("fast"), tmp_path / "single.safetensors")
     with pytest.raises(Exception, match="single-style"):
         train(_tiny(two_style_store / "store", config_hash=late_hash, add_style_to=str(single)), tmp_path / "single_run")
@@ -328,3 +339,13 @@ def test_tiled_stylisation_uses_the_chosen_style_and_strength(multi_checkpoint, 
     other = apply_strength(image, reference(image, one_hot_styles([0], 3)), 0.5)[0]
     tiled = load_image(tmp_path / "tiled.png")
     assert (tiled - whole).abs().mean() < (tiled - other).abs().mean()
+
+
+@pytest.mark.gpu
+def test_added_style_trains_after_the_student_moves_to_the_gpu():
+    extended = extend_styles(_distinct_styles(create_student("fast", styles=["a", "b"])), ["c"])
+    train_only_styles(extended, [2])  # on the CPU, as the trainer does before moving the student
+    extended = extended.cuda()
+    extended(torch.rand(2, 3, 32, 32, device="cuda"), one_hot_styles([2, 0], 3).cuda()).mean().backward()
+    norm = conditional_norms(extended)[0]
+    assert norm.weight.grad[:2].abs().max() == 0 and norm.weight.grad[2].abs().max() > 0

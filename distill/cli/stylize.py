@@ -111,11 +111,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def list_styles(path: Path) -> int:
-    """Print a model's styles, one ``index<TAB>name`` line each, from its metadata alone."""
+    """Print a model's styles from its metadata alone: ``index<TAB>name<TAB>teacher config`` per style
+    (the config hash is what ``compare.py --config-hash`` takes to report on that style)."""
     metadata = read_export_metadata(path)
     names = (metadata.get("student") or {}).get("kwargs", {}).get("styles")
-    for line in describe_styles(tuple(names) if names else None):
-        print(line)
+    configs = (metadata.get("extra") or {}).get("style_configs") or []
+    for index, line in enumerate(describe_styles(tuple(names) if names else None)):
+        config = configs[index] if names and index < len(configs) else None
+        print(f"{line}\t{config[:16]}" if config else line)
     return 0
 
 

@@ -93,7 +93,7 @@ def style_weights(
         weights = torch.zeros(1, count)
         weights[0, chosen] = 1.0
         return weights
-    parsed = parse_style_mix(mix, names) if isinstance(mix, str) else {_style_index(str(k), names): float(v) for k, v in mix.items()}
+    parsed = parse_style_mix(mix if isinstance(mix, str) else ",".join(f"{k}:{v}" for k, v in mix.items()), names)
     total = sum(parsed.values())
     if not total > 0:
         raise StyleControlError("--style-mix weights sum to 0; at least one weight must be positive")

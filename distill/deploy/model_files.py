@@ -136,16 +136,19 @@ class StyleModel:
 
     def with_controls(
         self, *, style_index: int | str | None = None, style_mix: str | dict[int, float] | None = None,
-        strength: float = 1.0,
+        strength: float | None = None,
     ) -> "StyleModel":
-        """The same model with its style (``style_index`` or ``style_mix``) and ``strength`` set.
+        """A copy of this model with its style (``style_index`` or ``style_mix``) and/or ``strength`` set;
+        a control that is not given keeps this model's.
 
         Raises :class:`distill.deploy.controls.StyleControlError` for controls that do
         not fit the model (see :func:`distill.deploy.controls.style_weights`).
         """
         controlled = copy.copy(self)
-        controlled.style_weights = style_weights(self.styles, index=style_index, mix=style_mix)
-        controlled.strength = check_strength(strength)
+        if style_index is not None or style_mix is not None:
+            controlled.style_weights = style_weights(self.styles, index=style_index, mix=style_mix)
+        if strength is not None:
+            controlled.strength = check_strength(strength)
         return controlled
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

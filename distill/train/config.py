@@ -136,6 +136,9 @@ def _check_objective(config: TrainConfig) -> None:
         raise ConfigError("multi_style trains on every teacher config of the store; leave config_hash unset")
     if config.add_style_to is not None and config.weight_decay:
         raise ConfigError("add_style_to trains the new style's norms only; weight_decay would move the frozen styles, set it to 0")
+    if config.add_style_to is not None and config.unfreeze_step is not None:
+        raise ConfigError("add_style_to trains the new style's norms only; unfreeze_step would retrain the shared encoder "
+                          "and change every other style, leave it unset")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
 
@@ -200,6 +203,8 @@ def resolve_config(
         config = replace(config, **{k: getattr(coerced, k) for k in overrides})
     if config.targets:
         config = replace(config, targets=str(Path(config.targets).resolve()))
+    if config.add_style_to:  # absolute, like targets: a resume may start from another folder
+        config = replace(config, add_style_to=str(Path(config.add_style_to).resolve()))
     return config
 
 

@@ -279,6 +279,9 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
             style.eval_pairs = style.train_pairs
     if len({bool(style.criterion.luminance_only) for style in styles}) > 1:
         raise ConfigError("the styles mix colour-preserving and full-colour teachers; one student cannot do both")
+    if len({bool(store.teacher_config(style.config_hash).photoreal_weight) for style in styles}) > 1:
+        raise ConfigError("the styles mix photorealistic (--photoreal) and painting teachers; one student cannot do both "
+                          "(its output is guided-filtered for all of its styles or for none)")
     multi = config.multi_style or config.add_style_to is not None
     criterion = styles[0].criterion
     weights = criterion.weights_description
@@ -320,10 +323,15 @@ def _check_same_styles(run_dir: Path, data: _Data) -> None:
     except StudentCheckpointError:
         return  # an unreadable last checkpoint: the resume itself reports on the run's state
     if saved is not None and list(saved) != data.extra["style_configs"]:
+        now = dict(zip(data.extra["style_configs"][-len(data.styles):], (style.name for style in data.styles)))
+        added = [now[h] for h in now if h not in saved]
+        removed = [h[:16] for h in saved if h not in data.extra["style_configs"]]
+        change = "; ".join(part for part in (
+            f"new: {', '.join(added)}" if added else "", f"gone: teacher config(s) {', '.join(removed)}" if removed else "",
+        ) if part) or "reordered"
         raise ConfigError(
-            f"cannot resume: the store's styles changed since the run started ({len(saved)} then, "
-            f"{len(data.extra['style_configs'])} now); start a new run, or add the new styles to its "
-            "checkpoint with add_style_to (--add-style)"
+            f"cannot resume: the store's styles changed since the run started ({change}); start a new run, or add "
+            "new styles to its checkpoint with add_style_to (--add-style)"
         )
 
 
@@ -337,6 +345,9 @@ def _base_styles(config: TrainConfig) -> tuple[list[str], list[str], Path | None
     if not names:
         raise ConfigError(f"{path}: is a single-style student; add_style_to needs one trained with multi_style")
     configs = list(metadata["extra"].get("style_configs") or [])
+    if len(configs) != len(names):
+        raise ConfigError(f"{path}: does not record which teacher config made each of its {len(names)} styles; "
+                          "add_style_to needs a checkpoint of a multi_style training run")
     return list(names), configs, path
 
 
@@ -407,6 +418,9 @@ def _new_student(config: TrainConfig, data: _Data) -> nn.Module:
     if bool(metadata["extra"].get("luminance_only")) != luminance_only:
         raise ConfigError(f"{data.base_checkpoint}: its styles and the new one differ in colour preservation; "
                           "one student cannot do both")
+    if bool(metadata["student"]["kwargs"].get("smooth_output")) != bool(config.smooth_output):
+        raise ConfigError(f"{data.base_checkpoint}: its styles and the new one differ in photorealism (smooth_output); "
+                          "one student cannot do both")
     student = extend_styles(base, [style.name for style in data.styles])
     train_only_styles(student, [style.index for style in data.styles])
     return student
@@ -448,7 +462,7 @@ def _preview(config: TrainConfig, data: _Data) -> list[tuple[torch.Tensor, torch
         style = data.styles[row % len(data.styles)]
         index = row // len(data.styles)
         if index >= len(style.eval_pairs):
-            break
+            continue
         pair = style.eval_pairs[index]
         weights = one_hot_styles([style.index], len(data.student_styles)) if data.multi_style else None
         rows.append((centre_square(pair["content"], config.eval_size), centre_square(pair["target"], config.eval_size), weights))
@@ -467,7 +481,7 @@ def _announce(log: LogCallback, config: TrainConfig, data: _Data, *, start_step:
         trained = ", ".join(f"{style.index}: {style.name}" for style in data.styles)
         if data.base_checkpoint is not None:
             log(f"train: adding style(s) {trained} to {data.base_checkpoint} ({len(data.student_styles) - len(data.styles)} "
-                "styles kept as they are; only the new styles' norms train)")
+                "styles kept as they are; only the new styles' norms train; the architecture is the checkpoint's)")
         else:
             log(f"train: {len(data.styles)} styles in one student (conditional instance norm): {trained}")
     log(f"train: loss network weights: {data.extra['loss_network_weights']}")
