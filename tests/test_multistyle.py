@@ -349,3 +349,23 @@ def test_added_style_trains_after_the_student_moves_to_the_gpu():
     extended(torch.rand(2, 3, 32, 32, device="cuda"), one_hot_styles([2, 0], 3).cuda()).mean().backward()
     norm = conditional_norms(extended)[0]
     assert norm.weight.grad[:2].abs().max() == 0 and norm.weight.grad[2].abs().max() > 0
+
+
+def test_one_style_of_a_multi_style_student_exports_as_an_images_only_model(multi_checkpoint, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = export_student(multi_checkpoint, tmp_path / "udnie.onnx", format="onnx", style_index="udnie")
+        exported = load_model(result.path)
+    assert exported.styles is None and [entry.name for entry in exported.session.get_inputs()] == ["images"]
+    assert read_export_metadata(result.path)["bound_style"]["chosen"] == {"udnie": 1.0}
+    reference, _ = load_student(multi_checkpoint)
+    images = torch.rand(1, 3, 41, 39)
+    assert (exported(images) - reference(images, one_hot_styles([1], 3))).abs().max() < 1e-4
+    from distill.deploy.export import ExportError
+
+    with pytest.raises(ExportError, match="out of range"):
+        export_student(multi_checkpoint, tmp_path / "bad.onnx", format="onnx", style_index=9)
+    with pytest.raises(ExportError, match="single style"):
+        export_student(save_student(create_student("fast"), tmp_path / "single.safetensors"), tmp_path / "s.onnx",
+                       format="onnx", style_index=0)
+    assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "s.onnx").exists()

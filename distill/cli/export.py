@@ -2,6 +2,10 @@
 
     python scripts/export_student.py --checkpoint fast.safetensors --format onnx --out fast.onnx
     python scripts/export_student.py --checkpoint fast.safetensors --format pt2 --out fast_fp16.pt2 --dtype fp16
+    python scripts/export_student.py --checkpoint multi.safetensors --format onnx --out udnie.onnx --style-index udnie
+
+A multi-style student exports with a second input, style_weights [1, K]; --style-index or
+--style-mix exports one style (or mix) as a model that takes images only.
 
 Prints the max absolute difference to the eager student at each check size; exit 1 (and no
 output file) when one is above the tolerance (fp32 1e-4, fp16 1e-2, bf16 5e-2).
@@ -48,6 +52,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="auto", help="auto: dynamo, falling back to the TorchScript-based exporter")
     parser.add_argument("--check-sizes", type=_size, nargs="+", default=list(DEFAULT_CHECK_SIZES), metavar="HxW", help="check input sizes (default 67x45 130x96)")
     parser.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed (default: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    parser.add_argument("--style-index", help="multi-style student: export this style alone (index or name), images-only input")
+    parser.add_argument("--style-mix", help="multi-style student: export this mix alone, e.g. candy:0.5,udnie:0.5")
     return parser
 
 
@@ -77,6 +83,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
                 check_sizes=args.check_sizes,
                 tolerance=args.tolerance,
                 log=log,
+                style_index=args.style_index,
+                style_mix=args.style_mix,
             )
     except ExportCheckError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -58,6 +58,7 @@ from torch.export import Dim
 
 from distill.core.errors import ConfigError, one_line
 from distill.core.files import atomic_path, sha256_file
+from distill.deploy.controls import StyleControlError, style_weights
 from distill.deploy.model_files import (
     DTYPES,
     METADATA_KEY,
@@ -68,7 +69,7 @@ from distill.deploy.model_files import (
     load_model,
     read_checkpoint,
 )
-from students.styles import style_names_of
+from students.styles import StyleBound, style_names_of
 
 FORMATS = ("onnx", "pt2", "torchscript")
 #: Conventional suffix per format (files are recognised by content, so others work too).
@@ -138,6 +139,8 @@ def export_model(
     source: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    style_index: int | str | None = None,
+    style_mix: str | dict[int, float] | None = None,
 ) -> ExportResult:
     """Export ``model`` (built by :func:`students.create_student`) and check the file.
 
@@ -155,6 +158,9 @@ def export_model(
         tolerance: override :data:`TOLERANCES` for ``dtype``.
         source, extra: provenance stored in the metadata.
         log: receives one line per check size (default: nothing).
+        style_index, style_mix: for a multi-style student, export one style (or one mix) as a
+            single-input model (see :mod:`distill.deploy.controls`); without them the export
+            takes the style weights as its second input.
 
     Returns:
         An :class:`ExportResult` (path, exporter used, max abs difference per size).
@@ -170,6 +176,9 @@ def export_model(
     spec = getattr(model, "student_spec", None)
     if spec is None:
         raise ExportError("the model has no student_spec; build it with students.create_student()")
+    bound = None
+    if style_index is not None or style_mix is not None:
+        model, spec, bound = _bind_style(model, spec, style_index=style_index, style_mix=style_mix)
     tolerance = TOLERANCES[dtype] if tolerance is None else float(tolerance)
     if not (math.isfinite(tolerance) and tolerance > 0):  # NaN would fail every check, inf pass any export
         raise ExportError(f"--tolerance must be a finite number > 0, got {tolerance}")
@@ -185,6 +194,8 @@ def export_model(
     styles = style_names_of(model)
     metadata = _metadata(spec, format=format, dtype=dtype, stride=stride, min_side=min_side, check_sizes=check_sizes,
                          tolerance=tolerance, source=source, extra=extra, styles=styles)
+    if bound is not None:
+        metadata["bound_style"] = bound
     generator = torch.Generator().manual_seed(0)
     example: tuple[torch.Tensor, ...] = (torch.rand(*EXAMPLE_SHAPE, generator=generator),)
     if styles is not None:
@@ -205,6 +216,26 @@ def export_model(
         seconds=time.perf_counter() - started,
         fallback_reason=fallback_reason,
     )
+
+
+def _bind_style(
+    model: nn.Module, spec: dict[str, Any], *, style_index: int | str | None, style_mix: str | dict[int, float] | None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(single-input model, its spec, what it was bound to) for one style or mix of a multi-style student.
+
+    The spec loses ``styles`` (the export takes images only, like a single-style student's);
+    the metadata's ``bound_style`` keeps the style names and the weights it runs with.
+    """
+    names = style_names_of(model)
+    try:
+        weights = style_weights(names, index=style_index, mix=style_mix)
+    except StyleControlError as error:
+        raise ExportError(str(error)) from None
+    bound = StyleBound(model, weights)
+    bound_spec = {"name": spec["name"], "kwargs": {k: v for k, v in spec["kwargs"].items() if k != "styles"}}
+    bound.student_spec = bound_spec
+    chosen = {name: round(float(w), 6) for name, w in zip(names, weights[0]) if w > 0}
+    return bound, bound_spec, {"styles": list(names), "weights": [float(w) for w in weights[0]], "chosen": chosen}
 
 
 def _metadata(
