@@ -25,6 +25,7 @@ Every stage resumes: rerun the same command after an interruption.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -71,16 +72,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the speed comparison (default %(default)s)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-training", action="store_true", help="only the speed comparison and the figure")
+    parser.add_argument("--add", type=int, metavar="K", help="then add style number K of the candidate list (K >= --styles) "
+                        "to the multi-style student with --add-style, --steps steps, and compare it with its single-style student")
     args = parser.parse_args()
     device = resolve_device(args.device)
     styles = style_images(args.data, args.styles)
+    added = None
+    if args.add is not None:
+        if args.add < args.styles:
+            raise SystemExit(f"--add {args.add}: that style is already one of the first {args.styles}")
+        added = style_images(args.data, args.add + 1)[args.add]
     train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, crops=args.crops)
     teacher = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size,
                             iterations=args.iters).resolved()
     stores = {"train": args.work / "store_train", "heldout": args.work / "store_heldout"}
     hashes = {}
     for name, folder in (("train", train_dir), ("heldout", heldout_dir)):
-        for style in styles:
+        for style in styles + ([added] if added else []):
             started = time.perf_counter()
             summary = generate_targets(content_dir=folder, style_paths=[style], store_root=stores[name],
                                        teacher_config=teacher, batch_size=8, device=str(device), log=lambda _line: None)
@@ -92,11 +100,11 @@ def main() -> None:
     multi_run = runs / f"multi{len(styles)}"  # single-style runs are shared by every style count
     rows, minutes = [], {}
     if not args.skip_training:
-        minutes["multi"] = run_training(multi_run, {**TRAIN_SETTINGS, "targets": str(stores["train"]),
+        minutes["multi"] = train_once(multi_run, {**TRAIN_SETTINGS, "targets": str(stores["train"]),
                                                           "device": str(device), "multi_style": True,
                                                           "steps": args.steps * len(styles)})
         for style in styles:
-            minutes[style.stem] = run_training(runs / f"single_{style.stem}", {
+            minutes[style.stem] = train_once(runs / f"single_{style.stem}", {
                 **TRAIN_SETTINGS, "targets": str(stores["train"]), "device": str(device),
                 "config_hash": hashes[style], "steps": args.steps})
         for style in styles:
@@ -105,6 +113,18 @@ def main() -> None:
             rows.append({"style": style.stem, "multi": multi, "single": single})
             print(f"{style.stem:>24}: multi SSIM {multi['ssim']:.3f}, single {single['ssim']:.3f} "
                   f"(photo {multi['ssim_content']:.3f}, recoloured {multi['ssim_recoloured']:.3f})", flush=True)
+        if added is not None:
+            plus_run = runs / f"{multi_run.name}_plus_{added.stem}"
+            minutes["added"] = train_once(plus_run, {
+                **TRAIN_SETTINGS, "targets": str(stores["train"]), "device": str(device), "config_hash": hashes[added],
+                "add_style_to": str(multi_run / "checkpoints" / "best.safetensors"), "steps": args.steps})
+            minutes[added.stem] = train_once(runs / f"single_{added.stem}", {
+                **TRAIN_SETTINGS, "targets": str(stores["train"]), "device": str(device),
+                "config_hash": hashes[added], "steps": args.steps})
+            multi = agreement(plus_run, stores["heldout"], hashes[added], device)
+            single = agreement(runs / f"single_{added.stem}", stores["heldout"], hashes[added], device)
+            rows.append({"style": f"{added.stem} (added later)", "multi": multi, "single": single, "added": True})
+            print(f"{added.stem:>24} (added): multi SSIM {multi['ssim']:.3f}, single {single['ssim']:.3f}", flush=True)
     speed = speed_comparison(multi_run, args.work, threads=args.threads)
     for line in speed["lines"]:
         print(line, flush=True)
@@ -114,6 +134,17 @@ def main() -> None:
         save_image(mix_figure(multi_run, heldout_dir, tuple(styles[index].stem for index in args.mix)), figure)
     (HERE / "results" / f"{name}.md").write_text(render(rows, minutes, speed, args, device, styles, teacher, stores, figure))
     print(f"wrote {HERE / 'results' / (name + '.md')}")
+
+
+def train_once(run_dir: Path, settings: dict) -> float:
+    """:func:`run_training`, unless the run already reached its steps (the store may have gained styles since,
+    which a resumed multi-style run refuses); returns the run's training minutes."""
+    timing = run_dir / "bench_minutes.json"
+    if timing.exists():
+        done = json.loads(timing.read_text())
+        if done.get("step", 0) >= settings["steps"]:
+            return float(done["minutes"])
+    return run_training(run_dir, settings)
 
 
 def style_images(data: Path, count: int) -> list[Path]:
@@ -232,6 +263,7 @@ def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) 
         machine_description(device),
         "",
         f"Command: `python benchmarks/bench_multistyle.py --styles {args.styles} --steps {args.steps}"
+        f"{f' --add {args.add}' if args.add is not None else ''}"
         f"{f' --mix {args.mix[0]} {args.mix[1]}' if tuple(args.mix) != (0, 1) else ''}"
         f"{f' --size {args.size}' if args.size != 96 else ''}{f' --iters {args.iters}' if args.iters != 100 else ''}`. "
         f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}), {args.size} px, "
@@ -260,8 +292,9 @@ def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) 
                 f"{multi['psnr']:.2f} | {single['psnr']:.2f} | {multi['ssim_content']:.3f} | {multi['ssim_recoloured']:.3f} | "
                 f"{multi['texture']:.2f} | {single['texture']:.2f} |"
             )
-        mean = lambda key, which: statistics.mean(r[which][key] for r in rows)  # noqa: E731
-        single_minutes = sum(v for k, v in minutes.items() if k != "multi")
+        trained = [r for r in rows if not r.get("added")]
+        mean = lambda key, which: statistics.mean(r[which][key] for r in trained)  # noqa: E731
+        single_minutes = sum(v for k, v in minutes.items() if k not in ("multi", "added"))
         lines += [
             f"| **mean** | {mean('ssim', 'multi'):.3f} | {mean('ssim', 'single'):.3f} | "
             f"{mean('ssim', 'multi') - mean('ssim', 'single'):+.3f} | {mean('psnr', 'multi'):.2f} | {mean('psnr', 'single'):.2f} | "
@@ -269,9 +302,14 @@ def render(rows, minutes, speed, args, device, styles, teacher, stores, figure) 
             f"{mean('texture', 'single'):.2f} |",
             "",
             f"Training minutes on this machine: multi-style {minutes.get('multi', 0):.1f} (one model), single-style "
-            f"{single_minutes:.1f} in all ({len(styles)} models).",
+            f"{single_minutes:.1f} in all ({len(rows)} models).",
             "",
         ]
+        if "added" in minutes:
+            lines += [f"Added later: the style marked \"added later\" joined the finished multi-style student with "
+                      f"`--add-style` ({args.steps} steps, only its scale and shift trained, every other style kept bit "
+                      f"for bit) in {minutes['added']:.1f} min; its row compares it with a single-style student trained "
+                      f"{args.steps} steps from scratch. It is left out of the mean.", ""]
     if speed["table"]:
         names = list(next(iter(speed["table"].values())))
         lines += [

@@ -5,6 +5,7 @@ the same shape and range.  Build them by name::
 
     from students import create_student, list_students
     model = create_student("johnson")
+    multi = create_student("fast", styles=["candy", "udnie"])   # multi(images, style_weights)
 
 Importing this package registers all built-in students.
 """

@@ -9,7 +9,8 @@
 
 detects which one by content (the suffix only breaks ties), and returns a
 :class:`StyleModel`: a callable mapping (B, 3, H, W) float RGB in [0, 1] to the same
-shape in [0, 1], whatever runs underneath.
+shape in [0, 1], whatever runs underneath. A multi-style student (a checkpoint, or an export
+with a ``style_weights`` input) runs in the style :meth:`StyleModel.with_controls` picks.
 
 Safety: a model file is never unpickled.  Plain ``torch.save`` pickles (``.pt``,
 ``.pth``, ``.ckpt``, zip or legacy) are refused; TorchScript archives are recognised
