@@ -196,26 +196,22 @@ def export_model(
                          tolerance=tolerance, source=source, extra=extra, styles=styles)
     if bound is not None:
         metadata["bound_style"] = bound
+    with atomic_path(out, suffix=SUFFIXES[format]) as temp:
+        exporter, fallback_reason = _write(exported, temp, format=format, example=_example(styles), min_side=min_side,
+                                           opset=opset, onnx_exporter=onnx_exporter, metadata=metadata)
+        diffs = _check_written(reference, temp, format=format, dtype=dtype, exporter=exporter, sizes=check_sizes,
+                               tolerance=tolerance, out=out, log=log, styles=styles)
+    return ExportResult(path=out, format=format, dtype=dtype, exporter=exporter, tolerance=tolerance, max_abs_diff=diffs,
+                        metadata=metadata, seconds=time.perf_counter() - started, fallback_reason=fallback_reason)
+
+
+def _example(styles: Sequence[str] | None) -> tuple[torch.Tensor, ...]:
+    """The traced inputs: images of :data:`EXAMPLE_SHAPE`, and for a multi-style student one row of style weights."""
     generator = torch.Generator().manual_seed(0)
     example: tuple[torch.Tensor, ...] = (torch.rand(*EXAMPLE_SHAPE, generator=generator),)
     if styles is not None:
         example += (torch.softmax(torch.randn(1, len(styles), generator=generator), dim=1),)
-    with atomic_path(out, suffix=SUFFIXES[format]) as temp:
-        exporter, fallback_reason = _write(exported, temp, format=format, example=example, min_side=min_side,
-                                           opset=opset, onnx_exporter=onnx_exporter, metadata=metadata)
-        diffs = _check_written(reference, temp, format=format, dtype=dtype, exporter=exporter, sizes=check_sizes,
-                               tolerance=tolerance, out=out, log=log, styles=styles)
-    return ExportResult(
-        path=out,
-        format=format,
-        dtype=dtype,
-        exporter=exporter,
-        tolerance=tolerance,
-        max_abs_diff=diffs,
-        metadata=metadata,
-        seconds=time.perf_counter() - started,
-        fallback_reason=fallback_reason,
-    )
+    return example
 
 
 def _bind_style(
