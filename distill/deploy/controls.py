@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from distill.core.errors import ConfigError
+from students.styles import one_hot_styles
 
 
 class StyleControlError(ConfigError):
@@ -89,10 +90,7 @@ def style_weights(
         raise StyleControlError("give --style-index or --style-mix, not both")
     count = len(names)
     if mix is None:
-        chosen = 0 if index is None else _style_index(str(index), names)
-        weights = torch.zeros(1, count)
-        weights[0, chosen] = 1.0
-        return weights
+        return one_hot_styles([0 if index is None else _style_index(str(index), names)], count)
     parsed = parse_style_mix(mix if isinstance(mix, str) else ",".join(f"{k}:{v}" for k, v in mix.items()), names)
     total = sum(parsed.values())
     if not total > 0:

@@ -19,6 +19,7 @@ from torch import nn
 from distill.objective.criterion import StyleCriterion
 from distill.objective.terms import distill_terms
 from distill.train.config import TrainConfig
+from students.styles import one_hot_styles
 
 
 @contextlib.contextmanager
@@ -114,7 +115,7 @@ def forward_style_objective(
     """
     styles = styles.to(device)
     index_map = torch.as_tensor(list(model_styles), device=device)
-    weights = torch.nn.functional.one_hot(index_map[styles], style_count).float()
+    weights = one_hot_styles(index_map[styles], style_count).to(device)
     batch = content.shape[0]
     totals: dict[str, torch.Tensor] = {}
     with autocast_for(config.precision, device):
