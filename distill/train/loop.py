@@ -198,7 +198,6 @@ class _Data:
 
     criterion: StyleCriterion  # the first trained style's (the only one of a single-style run)
     train_pairs: TargetPairs | StylePairs
-    eval_pairs: TargetPairs  # the first trained style's held-out pairs (or training pairs when the store has none)
     eval_split: str  # "heldout" or "train"
     extra: dict[str, Any]  # checkpoint metadata shared by every save of the run
     styles: list[_Style]  # the trained styles, in the order of StylePairs' "style" positions
@@ -304,7 +303,6 @@ def _prepare_data(store: TargetStore | None, config: TrainConfig, device: torch.
     return _Data(
         criterion,
         StylePairs([style.train_pairs for style in styles]) if multi else styles[0].train_pairs,
-        styles[0].eval_pairs,
         eval_split,
         extra,
         styles,
