@@ -428,9 +428,34 @@ def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, sty
     # "pretrained" and "random" stores keep the plain formula, and so do older stores of a weights file.
     plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random"))
     style_hash = sha256_file(style)
-    assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": to_dict(plain), "styles": [style_hash]})
+    teacher = {k: v for k, v in to_dict(plain).items() if k not in ("photoreal_weight", "matting_epsilon", "smooth")}
+    assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": teacher, "styles": [style_hash]})
     record = json.loads((store.root / "configs" / f"{same}.json").read_text())
     del record["weights_sha256"]
     legacy = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
     (store.root / "configs" / f"{legacy}.json").write_text(json.dumps({**record, "config_hash": legacy}))
     assert TargetStore(store.root).config_record(legacy)["teacher"]["criterion"]["weights"] == str(moved)
+
+
+def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style):
+    """Fields that came later (photorealism) stay out of the hash while off: older stores keep their targets."""
+    from distill.core.files import sha256_json
+
+    config = TeacherConfig(size=32, iterations=2)
+    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
+    record = json.loads((store.root / "configs" / f"{key}.json").read_text())
+    # A store from before the photoreal fields existed: its record lacks them, and its key is the same.
+    before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth")}
+    assert sha256_json({"teacher": before, "styles": record["styles"]}) == key
+    # A store written while off fields still entered the hash is found under its own key.
+    full = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
+    assert full != key
+    (store.root / "configs" / f"{key}.json").rename(store.root / "configs" / f"{full}.json")
+    reopened, found = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
+    assert found == full and reopened.config_hashes() == [full]
+    assert reopened.teacher_config(full) == config.resolved()
+    # Photorealism on is a different teacher: a new key.
+    _, photoreal = TargetStore.open_or_create(
+        tmp_path / "s", teacher_config=config_replace(config, photoreal_weight=10.0), style_paths=[style]
+    )
+    assert photoreal not in (key, full)

@@ -243,9 +243,12 @@ class TargetStore:
         weights = weights_file(teacher_config.criterion.weights)
         weights_sha256 = None if weights is None else sha256_file(weights)
         mask_record = None if style_mask is None else store._copy_style_mask(*style_mask)
-        config_hash = compute_config_hash(
-            teacher_config, style_hashes, weights_sha256=weights_sha256, style_mask_sha256=mask_record and mask_record["hash"]
-        )
+        mask_hash = mask_record and mask_record["hash"]
+        config_hash = compute_config_hash(teacher_config, style_hashes, weights_sha256=weights_sha256, style_mask_sha256=mask_hash)
+        # A store written while the fields that are off now still entered the hash keeps its key.
+        full_hash = _config_hash(to_dict(teacher_config), style_hashes, weights_sha256, mask_hash, drop_off_fields=False)
+        if not (store.root / "configs" / f"{config_hash}.json").exists() and (store.root / "configs" / f"{full_hash}.json").exists():
+            config_hash = full_hash
         config_file = store.root / "configs" / f"{config_hash}.json"
         if not config_file.exists():
             record = {
@@ -308,8 +311,11 @@ class TargetStore:
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: unreadable config record ({exc})") from None
             mask_hash = (record.get("style_mask") or {}).get("hash")
-            recomputed = _config_hash(record.get("teacher"), record.get("styles"), record.get("weights_sha256"), mask_hash)
-            if recomputed != config_hash:
+            recomputed = {
+                _config_hash(record.get("teacher"), record.get("styles"), record.get("weights_sha256"), mask_hash, drop_off_fields=drop)
+                for drop in (True, False)
+            }
+            if config_hash not in recomputed:
                 raise StoreError(f"{path}: content does not match its hash (edited by hand?)")
             self._configs[config_hash] = record
         return self._configs[config_hash]
@@ -558,20 +564,38 @@ def compute_config_hash(
     weights_sha256: str | None = None,
     style_mask_sha256: str | None = None,
 ) -> str:
-    """``sha256_json({"teacher": to_dict(config), "styles": [style hashes in blend order]})``.
+    """``sha256_json({"teacher": to_dict(config) less its off fields, "styles": [style hashes in blend order]})``.
 
     ``weights_sha256``: the SHA-256 of the loss-network weights file, when the criterion
     reads one; it stands in the hashed dict for the file's path, so that moving or
     renaming the file keeps the key and changing its content makes a new one.
     ``style_mask_sha256``: the style's semantic mask file, when there is one (added to the
     hashed dict as ``"style_mask"``; configs without masks keep the plain formula).
+    Teacher fields that came later than the store format are left out while they are off
+    (:data:`_FIELDS_OFF`): a store made before they existed keeps its key.
     """
     return _config_hash(to_dict(teacher_config), list(style_hashes), weights_sha256, style_mask_sha256)
 
 
+#: Teacher fields added after stores existed, with the value at which they change nothing
+#: (plain Gatys). At that value they stay out of the hash: the same targets keep the same key.
+_FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False}
+#: Fields that only matter while another one is on: left out (at any value) while it is off.
+_FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight"}
+
+
 def _config_hash(
-    teacher: dict[str, Any] | None, styles: list[str] | None, weights_sha256: str | None, style_mask_sha256: str | None = None
+    teacher: dict[str, Any] | None,
+    styles: list[str] | None,
+    weights_sha256: str | None,
+    style_mask_sha256: str | None = None,
+    *,
+    drop_off_fields: bool = True,
 ) -> str:
+    if drop_off_fields and teacher is not None:
+        off = {name for name, value in _FIELDS_OFF.items() if name in teacher and teacher[name] == value}
+        off |= {name for name, needs in _FIELDS_ONLY_WITH.items() if needs in off or needs not in teacher}
+        teacher = {key: value for key, value in teacher.items() if key not in off}
     if weights_sha256 is not None and teacher is not None:
         teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
     hashed = {"teacher": teacher, "styles": styles}
