@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Lets `python benchmarks/bench_export.py` run from a plain checkout (no pip install).
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench_students import cpu_model, interleaved_median_seconds, usable_cores  # noqa: E402
+from bench_students import cpu_model, interleaved_timings, usable_cores  # noqa: E402
 
 from distill.deploy.export import export_model  # noqa: E402
 from distill.deploy.model_files import load_model as load_student  # noqa: E402
@@ -130,9 +131,10 @@ def latency(args: argparse.Namespace, work: Path) -> str:
                         return callable_model(images)
                 return run
 
-            seconds = interleaved_median_seconds(
-                [step(m) for m in models.values()], device=args.device, runs=args.runs, warmup=args.warmup
-            )
+            seconds = [
+                statistics.median(times)
+                for times in interleaved_timings([step(m) for m in models.values()], device=args.device, runs=args.runs, warmup=args.warmup)
+            ]
             timings = dict(zip(models, seconds))
             rows.append((name, threads, timings))
             print(f"  {name}, {threads} thread(s): " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()), file=sys.stderr)

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_teacher import machine_description  # noqa: E402
 
+from distill.core.config import replace as config_replace  # noqa: E402
 from distill.cli.console import ProgressBar, write_line  # noqa: E402
 from distill.core.devices import resolve_device  # noqa: E402
 from distill.objective.config import CriterionConfig  # noqa: E402
@@ -81,6 +82,10 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", metavar="STUDENT:RECIPE", help="only these runs (default: every student x recipe)")
     parser.add_argument("--steps", type=int, help="training steps per student (default: the recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run")
+    parser.add_argument(
+        "--teacher-set", action="append", default=[], metavar="FIELD=VALUE",
+        help="TeacherConfig override (dotted for the criterion: criterion.style_weight=5); its targets join the same stores",
+    )
     parser.add_argument("--label", default="", help="suffix of the results file and gallery")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--crops", type=int, default=2, help="training crops per photo at other scales (default %(default)s)")
@@ -100,9 +105,11 @@ def main() -> None:
     train_dir, heldout_dir = prepare_photos(args.data, args.work, size=args.size, exclude=style, crops=args.crops)
     plain = TeacherConfig(
         criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size, iterations=args.iters
-    ).resolved()
+    )
+    plain = config_replace(plain, **{key: _parse_value(value) for key, value in (item.split("=", 1) for item in args.teacher_set)})
+    plain = plain.resolved()
     teacher = photoreal_teacher(plain).resolved() if args.photoreal else plain
-    stores = {}
+    stores, config_hashes = {}, {}
     folders = [("train", train_dir, teacher), ("heldout", heldout_dir, teacher)]
     if args.photoreal:  # plain Gatys on the held-out photos: the reference of the affine residual
         folders.append(("heldout_plain", heldout_dir, plain))
@@ -113,6 +120,7 @@ def main() -> None:
             content_dir=folder, style_paths=[style], store_root=stores[name], teacher_config=config,
             batch_size=4, device=str(device), log=print,
         )
+        config_hashes[name] = summary.config_hash
         print(f"{name} targets: {summary.new} new, {summary.present} present ({time.perf_counter() - started:.0f} s)", flush=True)
 
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -129,18 +137,33 @@ def main() -> None:
         }
         if args.steps:
             settings["steps"] = args.steps
-        settings.update({key: json.loads(value) if value[:1] in "[{0123456789.-tfn" else value for key, value in overrides.items()})
+        if len(TargetStore(stores["train"]).config_hashes()) > 1:  # other teachers' targets share the store
+            settings["config_hash"] = config_hashes["train"]
+        settings.update({key: _parse_value(value) for key, value in overrides.items()})
         minutes = run_training(run_dir, settings)
-        row, images = evaluate(run_dir, stores["heldout"], device, plain_store=stores.get("heldout_plain"))
+        # The teacher's own agreement across a mirror depends on the teacher only: measured once.
+        row, images = evaluate(run_dir, stores["heldout"], device, plain_store=stores.get("heldout_plain"),
+                               config_hash=config_hashes["heldout"], plain_hash=config_hashes.get("heldout_plain"),
+                               teacher_self_agreement=not rows)
+        row["ssim_teacher_mirrored"] = row["ssim_teacher_mirrored"] if not rows else rows[0]["ssim_teacher_mirrored"]
         row.update(student=student, recipe=recipe, train_minutes=minutes)
         rows.append(row)
         outputs[(student, recipe)] = images
         print(format_row(row), flush=True)
 
     name = f"fidelity{args.label}_{device.type}"
-    (HERE / "results" / f"{name}.md").write_text(render(rows, args, device, style, teacher, stores))
+    (HERE / "results" / f"{name}.md").write_text(render(rows, args, device, style, teacher, stores, config_hashes))
     save_image(gallery(outputs, pairs[0][1]), HERE / "results" / f"{name}_gallery.png")
     print(f"wrote {HERE / 'results' / (name + '.md')}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _parse_value(value: str):
+    """A command-line FIELD=VALUE value: JSON where it looks like JSON (numbers, lists, true/false/null), else the string."""
+    return json.loads(value) if value[:1] in "[{0123456789.-tfn" else value
 
 
 def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = None, crops: int = 2) -> tuple[Path, Path]:
@@ -194,10 +217,14 @@ def run_training(run_dir: Path, settings: dict) -> float:
     return spent
 
 
-def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_store: Path | None = None) -> tuple[dict, dict]:
-    options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, timing_runs=3)
+def evaluate(
+    run_dir: Path, heldout_store: Path, device: torch.device, *, plain_store: Path | None = None,
+    config_hash: str | None = None, plain_hash: str | None = None, teacher_self_agreement: bool = False,
+) -> tuple[dict, dict]:
+    options = FidelityOptions(split="all", checkpoint="best", heldout_fraction=0.0, timing_runs=3, config_hash=config_hash,
+                              teacher_self_agreement=teacher_self_agreement)
     result = evaluate_fidelity(run_dir=run_dir, store_root=heldout_store, options=options, device=device)
-    plain = None if plain_store is None else plain_gatys_images(result, plain_store)
+    plain = None if plain_store is None else plain_gatys_images(result, plain_store, plain_hash)
     residuals = None if plain is None else affine_residuals(result, plain)
     agg = result.report["aggregate"]
     student, _ = load_student(run_dir / "checkpoints" / "best.safetensors", device=device)
@@ -209,6 +236,7 @@ def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_
         "ssim_recoloured": agg["agreement"]["recoloured"]["ssim"],
         "psnr_content": agg["agreement"]["content"]["psnr"],
         "psnr_recoloured": agg["agreement"]["recoloured"]["psnr"],
+        "ssim_teacher_mirrored": agg["agreement"].get("teacher_mirrored", {}).get("ssim"),
         "teacher": agg["stylisation"]["teacher"],
         "student_figures": agg["stylisation"]["student"],
         "objective_ratio": agg["ratio"]["mean"]["total"],
@@ -222,9 +250,9 @@ def evaluate(run_dir: Path, heldout_store: Path, device: torch.device, *, plain_
     return row, images
 
 
-def plain_gatys_images(result, plain_store: Path) -> list[torch.Tensor]:
+def plain_gatys_images(result, plain_store: Path, config_hash: str | None = None) -> list[torch.Tensor]:
     """Plain Gatys's result for each held-out photo of ``result``, from the plain store (matched by file name)."""
-    by_name = {Path(e.content_path).stem: e.target_path for e in TargetStore(plain_store).entries(traces=False)}
+    by_name = {Path(e.content_path).stem: e.target_path for e in TargetStore(plain_store).entries(config_hash, traces=False)}
     return [load_image(by_name[name]) for name in result.names]
 
 
@@ -246,26 +274,27 @@ def format_row(row: dict) -> str:
               f"plain Gatys {residuals['plain']:.4f} (student / plain {residuals['student'] / residuals['plain']:.2f})")
     return (
         f"{row['student']:>13} {row['recipe']:<10} SSIM {row['ssim']:.3f} (photo {row['ssim_content']:.3f}, recoloured "
-        f"{row['ssim_recoloured']:.3f}) PSNR {row['psnr']:.2f} dB; student colour {figures['colour_moved']:.2f} texture "
+        f"{row['ssim_recoloured']:.3f}, teacher mirrored {_fmt(row['ssim_teacher_mirrored'])}) PSNR {row['psnr']:.2f} dB; student colour {figures['colour_moved']:.2f} texture "
         f"{figures['texture_moved']:.2f} structure {figures['structure_kept']:.2f}; {row['train_minutes']:.1f} min; "
         f"{row['ms_512']:.0f} ms/512px"
     )
 
 
-def render(rows, args, device, style, teacher, stores) -> str:
-    counts = {name: len(TargetStore(path).entries()) for name, path in stores.items()}
+def render(rows, args, device, style, teacher, stores, config_hashes) -> str:
+    counts = {name: len(TargetStore(path).entries(config_hashes[name])) for name, path in stores.items()}
     lines = [
         f"# Student fidelity on held-out photos ({device.type})",
         "",
         machine_description(device),
         "",
         f"Command: `python benchmarks/bench_fidelity.py{' --photoreal' if args.photoreal else ''}"
+        f"{' --device ' + device.type if device.type != 'cpu' else ''}{f' --iters {args.iters}' if args.iters != 200 else ''}"
         f"{' --label ' + args.label if args.label and not args.photoreal else ''}{f' --crops {args.crops}' if args.crops != 2 else ''}"
         f"{' --students ' + ' '.join(args.students) if args.students != ['johnson', 'fast', 'timm_encoder'] else ''}"
         f"{' --recipes ' + ' '.join(args.recipes) if args.recipes != list(RECIPES) else ''}"
-        f"{''.join(' --set ' + s for s in args.set)}{' --steps ' + str(args.steps) if args.steps else ''}"
+        f"{''.join(' --teacher-set ' + s for s in args.teacher_set)}{''.join(' --set ' + s for s in args.set)}{' --steps ' + str(args.steps) if args.steps else ''}"
         f"{' --pairs ' + ' '.join(args.pairs) if args.pairs else ''}`. Per-student settings: {STUDENT_SETTINGS}. "
-        f"Teacher: offline default ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}"
+        f"Teacher: offline default{' with ' + ', '.join(args.teacher_set) if args.teacher_set else ''} ({teacher.criterion.backbone}, {teacher.criterion.style_statistic}"
         f"{f', --photoreal (weight {teacher.photoreal_weight:g})' if teacher.photoreal_weight else ''}), {args.size} px, "
         f"{args.iters} iterations, style `{style.name}`. Training targets: {counts['train']} (photos"
         f"{f' and crops at {args.crops} other scales' if args.crops else ''}); held-out photos: {counts['heldout']} ({', '.join(Path(p).stem for p in HELDOUT)}, "
@@ -275,17 +304,19 @@ def render(rows, args, device, style, teacher, stores) -> str:
         "Baselines that need no student: the photo itself and the photo recoloured to the style's colour mean and "
         "covariance. Stylisation figures (colour moved toward the style, texture moved beyond recolouring, "
         "structure kept) as in the stylisation benchmark. Minutes: training wall time on this machine. "
-        "ms: student forward at 512x512, median of 5.",
+        "ms: student forward at 512x512, median of 5. Teacher mirrored: the teacher itself, run again on each "
+        "held-out photo mirrored left-right (and mirrored back), against its stored target: how far the teacher "
+        "agrees with itself.",
         "",
-        "| student | recipe | SSIM | PSNR dB | photo SSIM | recoloured SSIM | beats both | colour | texture | structure | objective ratio | train min | ms / 512 px |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| student | recipe | SSIM | PSNR dB | photo SSIM | recoloured SSIM | teacher mirrored SSIM | beats both | colour | texture | structure | objective ratio | train min | ms / 512 px |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         figures = row["student_figures"]
         beats = row["ssim"] > max(row["ssim_content"], row["ssim_recoloured"])
         lines.append(
             f"| {row['student']} | {row['recipe']} | {row['ssim']:.3f} | {row['psnr']:.2f} | {row['ssim_content']:.3f} | "
-            f"{row['ssim_recoloured']:.3f} | {'yes' if beats else '**no**'} | {figures['colour_moved']:.2f} | "
+            f"{row['ssim_recoloured']:.3f} | {_fmt(row['ssim_teacher_mirrored'])} | {'yes' if beats else '**no**'} | {figures['colour_moved']:.2f} | "
             f"{figures['texture_moved']:.2f} | {figures['structure_kept']:.2f} | {row['objective_ratio']:.3g} | "
             f"{row['train_minutes']:.1f} | {row['ms_512']:.0f} |"
         )

@@ -21,9 +21,10 @@ produced by the benchmark script named in its section (rerun a script to refresh
 numbers). Every section names the machine it ran on. CPU figures come from a 2-core
 machine that was shared with other work while they ran, so they are upper bounds on
 time; ratios measured in one run (batched vs loop, fast vs johnson) are the more
-reliable numbers. GPU figures (batched teacher speed-up at 256 and 512 px, students in
-bf16 + channels_last, export runtimes) have not been measured yet: no GPU was available
-for these runs. Every script takes `--device cuda`; its results file then appears here.
+reliable numbers. GPU sections (marked cuda) ran on one NVIDIA H100 through
+`bash benchmarks/run_cuda.sh`; their small-image timings are launch-bound (batch 4 at
+128-256 px keeps an H100 mostly idle), so they rank settings rather than give the
+card's throughput.
 """
 
 

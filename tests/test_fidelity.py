@@ -193,7 +193,7 @@ def compared(tiny_run):
     out = tiny_run / "report"
     command = [
         sys.executable, str(COMPARE), "--run", str(tiny_run / "run"), "--targets", str(tiny_run / "store"),
-        "--out", str(out), "--device", "cpu", "--min-ssim", "0.9999", "--timing-runs", "3", "--quiet",
+        "--out", str(out), "--device", "cpu", "--min-ssim", "0.9999", "--timing-runs", "3", "--quiet", "--teacher-self-agreement",
     ]
     process = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
     return out, process
@@ -225,6 +225,13 @@ def test_compare_end_to_end(compared):
     assert report["gates"][0]["passed"] is False
     assert len(report["tsne"]["coordinates"]) == 1 + 3 * len(report["images"])
     assert "RANDOM LOSS-NETWORK WEIGHTS" in (out / "index.html").read_text()
+    # --teacher-self-agreement: the teacher re-run on each mirrored photo, mirrored back. After 3 iterations
+    # both runs are still close to the photo, so they agree closely; unmirrored, an asymmetric
+    # photo's result would not.
+    reference = report["aggregate"]["agreement"]["teacher_mirrored"]
+    assert all("self_agreement" in image for image in report["images"]) and reference["ssim"] > 0.9
+    assert any(line.startswith("compare: reference: the teacher itself") for line in process.stderr.splitlines())
+    assert "reference: the teacher itself, on the mirrored photo" in (out / "index.html").read_text()
 
 
 class _Links(HTMLParser):

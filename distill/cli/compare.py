@@ -55,6 +55,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--retime-iterations", type=int, default=defaults.retime_iterations,
                    help="teacher iterations to time when the store's timings come from another device type (default %(default)s)")
     p.add_argument("--tsne-seed", type=int, default=defaults.tsne_seed, help="random_state of PCA and t-SNE (default %(default)s)")
+    p.add_argument(
+        "--teacher-self-agreement", action="store_true",
+        help="also run the teacher on each photo mirrored (one teacher run per image): how well the teacher agrees "
+        "with itself, the reference for how closely a student can be expected to follow it",
+    )
     p.add_argument("--min-ssim", type=float, help="exit 1 if the mean SSIM (student vs teacher) is below this")
     p.add_argument("--beat-baselines", action="store_true",
                    help="exit 1 unless the student agrees with the teacher better than both no-student baselines")
@@ -110,6 +115,7 @@ def _options(args: argparse.Namespace) -> FidelityOptions:
         timing_runs=args.timing_runs,
         retime_iterations=args.retime_iterations,
         tsne_seed=args.tsne_seed,
+        teacher_self_agreement=args.teacher_self_agreement,
     )
 
 
@@ -124,6 +130,13 @@ def _print_summary(report: dict, *, split: str, out: Path) -> None:
         f"{fmt(agree['recoloured']['ssim'])} / {fmt(agree['recoloured']['psnr'])} dB",
         file=sys.stderr,
     )
+    if "teacher_mirrored" in agree:
+        print(
+            f"compare: reference: the teacher itself, run on the mirrored photos, agrees with its targets at SSIM "
+            f"{fmt(agree['teacher_mirrored']['ssim'])} / PSNR {fmt(agree['teacher_mirrored']['psnr'])} dB; "
+            "a student near this agrees with the teacher as well as the teacher does with itself",
+            file=sys.stderr,
+        )
     teacher_fig, student_fig = agg["stylisation"]["teacher"], agg["stylisation"]["student"]
     print(
         "compare: stylisation (colour / texture moved toward the style, structure kept): teacher "

@@ -70,7 +70,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", help="target store folder (required unless resuming)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, samples")
-    p.add_argument("--student", help="registered student name (johnson, fast, timm_encoder, ...)")
+    p.add_argument("--student", help="registered student name: timm_encoder (default), fast, johnson, ...")
     p.add_argument("--student-kwargs", type=_json_mapping, help='student options as JSON, e.g. \'{"num_residual_blocks": 3}\'')
     p.add_argument("--config", help="YAML file with TrainConfig fields")
     p.add_argument("--resume", action="store_true",

@@ -106,6 +106,9 @@ def agreement(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "content": means(lambda r: r["baselines"]["content"]),
         "recoloured": means(lambda r: r["baselines"]["recoloured"]),
     }
+    if records and all("self_agreement" in r for r in records):
+        # Not a baseline: the teacher against itself (see FidelityOptions.teacher_self_agreement).
+        result["teacher_mirrored"] = means(lambda r: r["self_agreement"])
     best_name = max(("content", "recoloured"), key=lambda name: result[name]["ssim"])
     result["best_baseline"] = best_name
     result["margin"] = result["student"]["ssim"] - result[best_name]["ssim"]

@@ -74,6 +74,7 @@ from distill.report.options import (
 from distill.report.speed import measure_speed
 from distill.report.stylemetrics import match_colour_statistics, stylisation_figures
 from distill.report.tsne import tsne_2d
+from distill.targets.generation import teacher_on_mirrored
 from distill.targets.pairs import TargetPairs
 from distill.targets.store import TargetEntry, TargetStore
 from students import load_student, read_student_metadata
@@ -245,6 +246,9 @@ def evaluate_fidelity(
         if progress is not None:
             progress(index + 1, count)
 
+    if options.teacher_self_agreement:
+        _add_teacher_self_agreement(measured, criterion, teacher_config, reference_style, device)
+
     entries = [pairs.entry(i) for i in range(count)]
     content = measured.contents[0].unsqueeze(0).to(device)
     speed = measure_speed(student, criterion, teacher_config, content, entries, device, options)
@@ -309,6 +313,19 @@ class _Measured:
         self.teachers.append(teacher[0].cpu())
         self.outputs.append(output[0].cpu())
         self.names.append(record["name"])
+
+
+def _add_teacher_self_agreement(
+    measured: _Measured, criterion: StyleCriterion, teacher_config, style: torch.Tensor, device: torch.device
+) -> None:
+    """Each record's ``self_agreement``: SSIM / PSNR of the teacher's result on the mirrored photo to the stored target."""
+    if criterion.region_classes is not None:
+        # The mirrored photo would need mirrored masks that the store does not keep per photo.
+        return
+    for record, content, teacher in zip(measured.records, measured.contents, measured.teachers):
+        mirrored = teacher_on_mirrored(criterion, content.unsqueeze(0).to(device), teacher_config, style_image=style.to(device))
+        mirrored = mirrored[0].detach().cpu()
+        record["self_agreement"] = {"ssim": ssim(mirrored, teacher), "psnr": psnr(mirrored, teacher)}
 
 
 def _measure_image(

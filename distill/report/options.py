@@ -42,6 +42,11 @@ class FidelityOptions:
     timing_warmup: int = 2  # untimed passes first
     retime_iterations: int = 3  # teacher iterations timed when the store's timings are from another device type
     tsne_seed: int = 0  # random_state of PCA and t-SNE
+    # Run the teacher once more per image, on the photo mirrored: how well the teacher agrees
+    # with itself. A random-weight teacher's texture is chaotic (float rounding alone moves
+    # it), so a student near this level agrees with the teacher as well as the teacher does
+    # with itself. Costs one teacher run per image.
+    teacher_self_agreement: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -67,6 +67,8 @@ def _headline(agg: dict[str, Any]) -> list[str]:
         ("baseline: the content photo itself", agree["content"], False),
         ("baseline: the photo recoloured to the style", agree["recoloured"], False),
     ]
+    if "teacher_mirrored" in agree:
+        rows.append(("reference: the teacher itself, on the mirrored photo", agree["teacher_mirrored"], False))
     parts = ["<h2>Headline: agreement with the teacher on " + f"{agg['images']} image(s)</h2><table>",
              "<tr><th class='l'></th><th>SSIM to teacher</th><th>PSNR to teacher (dB)</th></tr>"]
     for name, values, bold in rows:
