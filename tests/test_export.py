@@ -159,6 +159,18 @@ def test_onnx_falls_back_to_the_torchscript_exporter_and_records_it(tmp_path, mo
     assert not (tmp_path / "strict.onnx").exists()
 
 
+def test_a_failing_torch_export_is_one_clear_error_and_no_file(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Constraints violated (height, width)!\nmore detail")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    out = tmp_path / "fast.pt2"
+    with pytest.raises(ExportError, match=r"torch.export could not export .*Constraints violated \(height, width\)!.*--format onnx") as caught:
+        export_model(create_student("fast"), out, format="pt2")
+    assert "\n" not in str(caught.value)
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp.*"))
+
+
 def test_bf16_onnx_is_refused_before_exporting(tmp_path):
     out = tmp_path / "fast.onnx"
     with pytest.raises(ExportError, match="bf16 ONNX is not supported"):

@@ -470,7 +470,16 @@ def _write_onnx(
 def _write_pt2(module: nn.Module, path: Path, *, example: tuple[torch.Tensor, ...], min_side: int,
                metadata: dict[str, Any]) -> str:
     metadata["exporter"] = "torch.export"
-    program = torch.export.export(module, example, dynamic_shapes=_dims(min_side, len(example)))
+    try:
+        program = torch.export.export(module, example, dynamic_shapes=_dims(min_side, len(example)))
+    except Exception as error:  # torch.export raises many types (constraint violations, unsupported ops, ...)
+        # Seen on torch 2.11 with timm_encoder: its padding to a multiple of 32 gave a
+        # dynamic-size constraint violation that the pinned torch accepts.
+        raise ExportError(
+            f"torch.export could not export this student for any image size on torch {torch.__version__} "
+            f"({type(error).__name__}: {one_line(error, limit=300)}); use --format onnx or --format torchscript, "
+            "or the torch version that constraints.txt pins"
+        ) from error
     torch.export.save(program, str(path), extra_files={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return "torch.export"
 
