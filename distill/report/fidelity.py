@@ -409,6 +409,9 @@ def _report(
     random_weights = is_random_weights(weights)
     teacher_weights = sorted({e.weights for e in store.entries(config_hash)})
     warnings = _warnings(store, options, extra, weights=weights, teacher_weights=teacher_weights, count=count, split_images=len(pairs))
+    if options.teacher_self_agreement and not all("self_agreement" in r for r in records):
+        warnings.append("the teacher's self-agreement is not measured for a store with semantic masks (the mirrored "
+                        "photo would need mirrored masks, which the store does not keep)")
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,

@@ -62,7 +62,7 @@ class TrainConfig:
     # student
     # Registered student name (students.list_students()). timm_encoder (a frozen ResNet-18
     # encoder and a trained U-Net decoder) agreed best with the offline teacher on held-out
-    # photos, took the most texture and trained fastest (benchmarks/RESULTS.md, "Student
+    # photos, took the most texture and needed the least training (benchmarks/RESULTS.md, "Student
     # fidelity": SSIM 0.508 in 5.4 min on 2 CPU cores; fast 0.481, johnson 0.475).
     student: str = "timm_encoder"
     # architecture options, stored in the checkpoint; not hashed (a dict is not hashable)
