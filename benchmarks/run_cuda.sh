@@ -9,7 +9,7 @@
 #    the CPU run; targets that are missing, such as the other teachers', are made first).
 #    fidelity_sweep.py puts them in one table with each run's agreement curve.
 # 2. Speed: the batched teacher at 256 and 512 px, the students (bf16 + channels_last),
-#    one training step in fp32 and in bf16 + channels_last.
+#    one training step in fp32 and in bf16 + channels_last, exported students at 512 px.
 # 3. The tests that need a GPU.
 # Results go to benchmarks/results/*_cuda.md; OUTDIR receives a tarball of them, the run
 # metrics and the logs.
@@ -50,6 +50,7 @@ python benchmarks/bench_students.py --device cuda > "$out/logs/students.log" 2>&
 python benchmarks/bench_train.py --device cuda --out benchmarks/results/train_cuda_fp32.md > "$out/logs/train_fp32.log" 2>&1
 python benchmarks/bench_train.py --device cuda --precision bf16 --channels-last \
     --out benchmarks/results/train_cuda.md > "$out/logs/train_bf16.log" 2>&1
+python benchmarks/bench_export.py --device cuda --runs 5 > "$out/logs/export.log" 2>&1
 python -m pytest -q -p no:cacheprovider -m gpu tests > "$out/logs/pytest_gpu.log" 2>&1
 
 tar czf "$out/cuda_results.tgz" benchmarks/results/*cuda* benchmarks/results/fidelity_runs \
