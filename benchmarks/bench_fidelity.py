@@ -106,7 +106,7 @@ def main() -> None:
     plain = TeacherConfig(
         criterion=CriterionConfig(weights="random", style_size=args.size), size=args.size, iterations=args.iters
     )
-    plain = config_replace(plain, **{key: _parse_value(value) for key, value in (item.split("=", 1) for item in args.teacher_set)})
+    plain = config_replace(plain, **_assignments(args.teacher_set))
     plain = plain.resolved()
     teacher = photoreal_teacher(plain).resolved() if args.photoreal else plain
     stores, config_hashes = {}, {}
@@ -123,7 +123,7 @@ def main() -> None:
         config_hashes[name] = summary.config_hash
         print(f"{name} targets: {summary.new} new, {summary.present} present ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = _assignments(args.set)
     rows, outputs = [], {}
     pairs = [tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else [(s, r) for s in args.students for r in args.recipes]
     for student, recipe in pairs:
@@ -139,7 +139,7 @@ def main() -> None:
             settings["steps"] = args.steps
         if len(TargetStore(stores["train"]).config_hashes()) > 1:  # other teachers' targets share the store
             settings["config_hash"] = config_hashes["train"]
-        settings.update({key: _parse_value(value) for key, value in overrides.items()})
+        settings.update(overrides)
         minutes = run_training(run_dir, settings)
         # The teacher's own agreement across a mirror depends on the teacher only: measured once.
         row, images = evaluate(run_dir, stores["heldout"], device, plain_store=stores.get("heldout_plain"),
@@ -161,9 +161,16 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _parse_value(value: str):
-    """A command-line FIELD=VALUE value: JSON where it looks like JSON (numbers, lists, true/false/null), else the string."""
-    return json.loads(value) if value[:1] in "[{0123456789.-tfn" else value
+def _assignments(items: list[str]) -> dict:
+    """Command-line FIELD=VALUE items as a dict; values are read as JSON (numbers, lists, true/false/null)
+    where they parse, else kept as strings (``student=fast``)."""
+    def value_of(text: str):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    return {key: value_of(value) for key, value in (item.split("=", 1) for item in items)}
 
 
 def prepare_photos(data: Path, work: Path, *, size: int, exclude: Path | None = None, crops: int = 2) -> tuple[Path, Path]:

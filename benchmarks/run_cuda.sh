@@ -23,8 +23,10 @@ budget=${FIDELITY_SECONDS:-330}
 # The painting the CPU table used (the fidelity benchmark's default style); give its path
 # when the shared data folder is not beside the checkout.
 style=${FIDELITY_STYLE:-../shared/data/style/rain-princess-cropped.jpg}
+labels=()  # every fidelity run, for the sweep table
 fidelity() {  # label, then bench_fidelity arguments
     local label=$1; shift
+    labels+=("$label")
     timeout "$budget" python benchmarks/bench_fidelity.py --device cuda --style "$style" --label "_$label" \
         --set eval_interval=250 --set checkpoint_interval=250 "$@" > "$out/logs/fidelity_$label.log" 2>&1 &
 }
@@ -42,8 +44,7 @@ for student in fast timm_encoder; do
 done
 wait
 
-python benchmarks/fidelity_sweep.py --device cuda fast6k johnson4k johnson4k_d100 timm2k \
-    fast_b5 timm_encoder_b5 fast_i60 timm_encoder_i60 fast_g3 timm_encoder_g3 > "$out/logs/sweep.log" 2>&1
+python benchmarks/fidelity_sweep.py --device cuda "${labels[@]}" > "$out/logs/sweep.log" 2>&1
 
 python benchmarks/bench_teacher.py --device cuda --sizes 256 512 --batches 1 4 > "$out/logs/teacher.log" 2>&1
 python benchmarks/bench_students.py --device cuda > "$out/logs/students.log" 2>&1
