@@ -25,7 +25,7 @@ from distill.core.masks import check_mask_options, fit_mask, load_mask, resize_m
 from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
 from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
-from teachers.pyramid import PARAMETERISATIONS, ImageParameterisation
+from teachers.pyramid import DEFAULT_COARSEST_SIDE, PARAMETERISATIONS, ImageParameterisation
 
 INIT_CHOICES = ("content", "noise", "style", "recoloured")
 #: Every side of a content image, as given and at the teacher's size, needs at least this
@@ -66,6 +66,7 @@ class TeacherConfig:
     # before speckle; see teachers.pyramid). auto: laplacian, except pixels for the classic objective.
     parameterisation: str = "auto"
     pyramid_gain: float = 1.5  # step scale of each coarser Laplacian band relative to the next finer one
+    pyramid_coarsest: int = DEFAULT_COARSEST_SIDE  # no Laplacian band shorter than this many px (16: before 2026-11)
     # Deep Photo Style Transfer's photorealism term: weight of the content photo's matting
     # Laplacian penalty (teachers.photoreal); 0 = plain Gatys.
     photoreal_weight: float = 0.0
@@ -93,6 +94,8 @@ class TeacherConfig:
             raise ConfigError(f"matting_epsilon must be > 0, got {self.matting_epsilon}")
         if not self.pyramid_gain > 0:
             raise ConfigError(f"pyramid_gain must be positive, got {self.pyramid_gain}")
+        if self.pyramid_coarsest < 1:
+            raise ConfigError(f"pyramid_coarsest must be at least 1 px, got {self.pyramid_coarsest}")
         if self.init not in INIT_CHOICES:
             raise ConfigError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales) or self.scales[-1] != 1.0:
@@ -274,7 +277,9 @@ def _optimise_scale(
     """L-BFGS on ``image`` (B, 3, h, w) at one scale for ``budget`` evaluations; returns the optimised images."""
     height, width = image.shape[-2:]
     luminance_only = objective.criterion.luminance_only
-    variables = ImageParameterisation(config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain)
+    variables = ImageParameterisation(
+        config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain, coarsest=config.pyramid_coarsest
+    )
     optimiser = BatchedLBFGS(
         variables.encode(image).clone(),
         history_size=config.history_size,

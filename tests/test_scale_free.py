@@ -138,7 +138,8 @@ def test_small_style_warns_and_non_finite_network_is_an_error(textured_style):
 def test_laplacian_parameterisation_is_exact_and_moves_coarse_bands_further():
     images = torch.rand(2, 3, 70, 45)
     variables = ImageParameterisation("laplacian", height=70, width=45, gain=1.5)
-    assert variables.levels == pyramid_levels(70, 45) == 2
+    assert variables.levels == pyramid_levels(70, 45) == 3  # 45 -> 23 -> 12 px: no band shorter than 8 px
+    assert pyramid_levels(70, 45, coarsest=16) == 2
     assert torch.allclose(variables.decode(variables.encode(images)), images, atol=1e-5)
     # A unit step on one coarsest-band variable moves the image more than one on a finest-band variable.
     step = torch.zeros_like(variables.encode(images))

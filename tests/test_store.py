@@ -459,3 +459,25 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
         tmp_path / "s", teacher_config=config_replace(config, photoreal_weight=10.0), style_paths=[style]
     )
     assert photoreal not in (key, full)
+
+
+def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
+    """Targets of the older pyramid (coarsest band 16 px) keep their key; the deeper default gets its own;
+    a teacher on pixels has no pyramid, so the field stays out of its key."""
+    from distill.core.config import to_dict
+    from distill.core.files import sha256_json
+    from distill.targets.store import compute_config_hash
+
+    style_hash = sha256_file(style)
+
+    def legacy_hash(config):
+        later = ("photoreal_weight", "matting_epsilon", "smooth", "pyramid_coarsest")
+        teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
+        return sha256_json({"teacher": teacher, "styles": [style_hash]})
+
+    older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16)
+    assert compute_config_hash(older.resolved(), [style_hash]) == legacy_hash(older)
+    deeper = TeacherConfig(size=32, iterations=2)
+    assert compute_config_hash(deeper.resolved(), [style_hash]) != legacy_hash(deeper)
+    on_pixels = TeacherConfig(size=32, iterations=2, parameterisation="pixels")
+    assert compute_config_hash(on_pixels.resolved(), [style_hash]) == legacy_hash(on_pixels)

@@ -60,7 +60,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         "--parameterisation", choices=("auto", *PARAMETERISATIONS), default=defaults.parameterisation,
         help="what L-BFGS moves: pixels or laplacian pyramid bands; auto: laplacian, pixels with classic (default %(default)s)",
     )
-    group.add_argument("--content-weight", type=float, help="alpha (default 1)")
+    group.add_argument("--content-weight", type=float, help=f"alpha (default {criterion.content_weight:g}; classic {classic.content_weight:g})")
     group.add_argument("--style-weight", type=float, help=f"beta (default {criterion.style_weight:g}; classic {classic.style_weight:g})")
     group.add_argument("--tv-weight", type=float, help=f"total-variation weight (default {criterion.tv_weight:g}; classic {classic.tv_weight:g})")
     group.add_argument(

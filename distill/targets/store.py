@@ -579,9 +579,11 @@ def compute_config_hash(
 
 #: Teacher fields added after stores existed, with the value at which they change nothing
 #: (plain Gatys). At that value they stay out of the hash: the same targets keep the same key.
-_FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False}
+_FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False, "pyramid_coarsest": 16}
 #: Fields that only matter while another one is on: left out (at any value) while it is off.
 _FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight"}
+#: Fields that only matter with the Laplacian-pyramid parameterisation: left out on pixels.
+_FIELDS_ONLY_LAPLACIAN = ("pyramid_coarsest",)
 
 
 def _config_hash(
@@ -595,6 +597,8 @@ def _config_hash(
     if drop_off_fields and teacher is not None:
         off = {name for name, value in _FIELDS_OFF.items() if name in teacher and teacher[name] == value}
         off |= {name for name, needs in _FIELDS_ONLY_WITH.items() if needs in off or needs not in teacher}
+        if teacher.get("parameterisation") == "pixels":
+            off |= set(_FIELDS_ONLY_LAPLACIAN)
         teacher = {key: value for key, value in teacher.items() if key not in off}
     if weights_sha256 is not None and teacher is not None:
         teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
