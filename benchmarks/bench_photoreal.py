@@ -47,7 +47,7 @@ from distill.objective.criterion import build_criterion  # noqa: E402
 from distill.objective.matting import matting_laplacian  # noqa: E402
 from distill.report.photometrics import photoreal_figures  # noqa: E402
 from distill.samples import sample_photo_paths  # noqa: E402
-from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, TeacherConfig, load_mask_pair, photoreal_teacher, stylize  # noqa: E402
+from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, load_mask_pair, photoreal_teacher, stylize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "photoreal"
@@ -225,7 +225,8 @@ def render(rows, args, device, names) -> str:
         "Both teachers use the offline default criterion (random texture network, sliced-Wasserstein statistics taken "
         "region by region with the masks), the same style weight and iterations, from the photo. **plain**: "
         f"Laplacian-pyramid optimisation from the photo, no photorealism term. **photoreal**: `--photoreal` "
-        f"(matting-Laplacian weight {DEFAULT_PHOTOREAL_WEIGHT:g}, pixels, from the photo recoloured to the style region by "
+        f"(matting-Laplacian weight {DEFAULT_PHOTOREAL_WEIGHT:g}, content weight {PHOTOREAL_CONTENT_WEIGHT:g} against the "
+        f"plain teacher's {CriterionConfig().content_weight:g}, pixels, from the photo recoloured to the style region by "
         "region, guided filter with the photo at the end). Figures from `distill.report.photometrics` (no loss network): "
         "**residual**: RMS error of the best affine colour map from the photo in every 3x3 window; **ratio**: "
         "photoreal / plain; **min region**: the least colour moved toward the style's same region over the shared "

@@ -40,6 +40,10 @@ STYLE_BYTES_PER_PIXEL = 1000
 #: Weight of the photorealism term that ``--photoreal`` sets (measured on the shared photo pairs,
 #: see benchmarks/bench_photoreal.py).
 DEFAULT_PHOTOREAL_WEIGHT = 1000.0
+#: Content weight (alpha) of the photoreal teacher: its photorealism weight was measured with
+#: style 10x content. The painterly default, 100x, cost structure on the shared pairs (in7
+#: 0.61 -> 0.60, in26 0.59 -> 0.58, benchmarks/bench_photoreal.py).
+PHOTOREAL_CONTENT_WEIGHT = 1.0
 #: Every this many iterations (and for the result) the teacher also records its objective on
 #: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
 #: what a student's rounded output must be compared with for "equivalent iterations".
@@ -109,9 +113,13 @@ class TeacherConfig:
             )
 
 
-def photoreal_teacher(config: TeacherConfig, *, weight: float = DEFAULT_PHOTOREAL_WEIGHT) -> TeacherConfig:
+def photoreal_teacher(
+    config: TeacherConfig, *, weight: float = DEFAULT_PHOTOREAL_WEIGHT, content_weight: float = PHOTOREAL_CONTENT_WEIGHT
+) -> TeacherConfig:
     """``config`` as Deep Photo Style Transfer: the photorealism term at ``weight``, and the settings that suit it.
 
+    - content at ``content_weight`` (alpha; style 10x content): a recolouring keeps the
+      photo's content, and the photorealism weight was measured at this balance;
     - pixels at one scale: the term's optimum is a recolouring of the photo, so the
       Laplacian pyramid and coarse-to-fine scales, which serve painted strokes, are left
       out (unless ``config`` set a parameterisation explicitly);
@@ -123,7 +131,8 @@ def photoreal_teacher(config: TeacherConfig, *, weight: float = DEFAULT_PHOTOREA
     """
     parameterisation = "pixels" if config.parameterisation == "auto" else config.parameterisation
     return replace(
-        config, photoreal_weight=weight, parameterisation=parameterisation, scales=(1.0,), init="recoloured", smooth=True
+        config, criterion=replace(config.criterion, content_weight=content_weight), photoreal_weight=weight,
+        parameterisation=parameterisation, scales=(1.0,), init="recoloured", smooth=True,
     )
 
 

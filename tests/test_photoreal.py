@@ -34,7 +34,7 @@ from distill.train.config import TrainConfig
 from distill.train.loop import train
 from students import create_student, load_student, save_student
 from students.registry import AffineSmoothedStudent
-from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, TeacherConfig, photoreal_teacher, stylize
+from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, photoreal_teacher, stylize
 
 BLACK, WHITE, RED, BLUE = (list(PALETTE).index(name) for name in ("black", "white", "red", "blue"))
 
@@ -320,6 +320,11 @@ def test_the_photoreal_preset_and_explicit_choices():
     assert (chosen.photoreal_weight, chosen.smooth, chosen.init) == (DEFAULT_PHOTOREAL_WEIGHT, False, "content")
     plain = teacher_config_from_args(parser.parse_args(["--style", "s.png", "--weights", "random"]))
     assert (plain.photoreal_weight, plain.smooth, plain.init) == (0.0, False, "content")
+    # The photoreal teacher keeps its own balance of content against style; an explicit alpha wins.
+    assert config.criterion.content_weight == chosen.criterion.content_weight == PHOTOREAL_CONTENT_WEIGHT
+    assert plain.criterion.content_weight == CriterionConfig().content_weight != PHOTOREAL_CONTENT_WEIGHT
+    explicit = teacher_config_from_args(parser.parse_args(["--style", "s.png", "--photoreal", "--content-weight", "3"]))
+    assert explicit.criterion.content_weight == 3.0
 
 
 def test_a_photoreal_student_is_not_asked_for_texture_its_teacher_does_not_paint():

@@ -17,7 +17,9 @@ import torch
 from distill.cli.console import fail
 from distill.objective.config import LAYER_WEIGHTINGS, NORMALISATIONS, POOLINGS, STYLE_STATISTICS, CriterionConfig
 from teachers import gatys
-from teachers.gatys import DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, TeacherConfig, TeacherResult, photoreal_teacher
+from teachers.gatys import (
+    DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, TeacherResult, photoreal_teacher,
+)
 from teachers.pyramid import PARAMETERISATIONS
 
 
@@ -60,7 +62,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         "--parameterisation", choices=("auto", *PARAMETERISATIONS), default=defaults.parameterisation,
         help="what L-BFGS moves: pixels or laplacian pyramid bands; auto: laplacian, pixels with classic (default %(default)s)",
     )
-    group.add_argument("--content-weight", type=float, help=f"alpha (default {criterion.content_weight:g}; classic {classic.content_weight:g})")
+    group.add_argument("--content-weight", type=float, help=f"alpha (default {criterion.content_weight:g}; classic {classic.content_weight:g}; --photoreal {PHOTOREAL_CONTENT_WEIGHT:g})")
     group.add_argument("--style-weight", type=float, help=f"beta (default {criterion.style_weight:g}; classic {classic.style_weight:g})")
     group.add_argument("--tv-weight", type=float, help=f"total-variation weight (default {criterion.tv_weight:g}; classic {classic.tv_weight:g})")
     group.add_argument(
@@ -122,7 +124,10 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
             parameterisation=args.parameterisation,
         )
         if args.photoreal or args.photoreal_weight is not None:
-            config = photoreal_teacher(config, weight=DEFAULT_PHOTOREAL_WEIGHT if args.photoreal_weight is None else args.photoreal_weight)
+            config = photoreal_teacher(
+                config, weight=DEFAULT_PHOTOREAL_WEIGHT if args.photoreal_weight is None else args.photoreal_weight,
+                **({} if args.content_weight is None else {"content_weight": args.content_weight}),
+            )
         given = {"init": args.init, "smooth": args.smooth}  # explicit choices win over the presets
         return dataclasses.replace(config, **{k: v for k, v in given.items() if v is not None}).resolved()
     except ValueError as exc:
