@@ -70,7 +70,7 @@ class TeacherConfig:
     # before speckle; see teachers.pyramid). auto: laplacian, except pixels for the classic objective.
     parameterisation: str = "auto"
     pyramid_gain: float = 1.5  # step scale of each coarser Laplacian band relative to the next finer one
-    pyramid_coarsest: int = DEFAULT_COARSEST_SIDE  # no Laplacian band shorter than this many px (16: before 2026-11)
+    pyramid_coarsest: int = DEFAULT_COARSEST_SIDE  # no Laplacian band shorter than this many px (16: the earlier default)
     # Deep Photo Style Transfer's photorealism term: weight of the content photo's matting
     # Laplacian penalty (teachers.photoreal); 0 = plain Gatys.
     photoreal_weight: float = 0.0
