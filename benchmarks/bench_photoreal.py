@@ -7,7 +7,7 @@ with the same masks, criterion and iteration budget:
 
 - **plain**: the offline default teacher (Gatys with region-by-region style statistics);
 - **photoreal**: ``--photoreal``: the same plus the matting-Laplacian term, from the photo
-  recoloured to the style region by region, guided-filtered at the end;
+  moved to the style's whole colour distribution region by region, guided-filtered at the end;
 
 and measures each result with :mod:`distill.report.photometrics` (no loss network
 involved): the affine residual (RMS error of the best local affine colour map from the
@@ -226,8 +226,8 @@ def render(rows, args, device, names) -> str:
         "region by region with the masks), the same style weight and iterations, from the photo. **plain**: "
         f"Laplacian-pyramid optimisation from the photo, no photorealism term. **photoreal**: `--photoreal` "
         f"(matting-Laplacian weight {DEFAULT_PHOTOREAL_WEIGHT:g}, content weight {PHOTOREAL_CONTENT_WEIGHT:g} against the "
-        f"plain teacher's {CriterionConfig().content_weight:g}, pixels, from the photo recoloured to the style region by "
-        "region, guided filter with the photo at the end). Figures from `distill.report.photometrics` (no loss network): "
+        f"plain teacher's {CriterionConfig().content_weight:g}, pixels, from the photo's colours moved to the style's whole colour "
+        "distribution region by region, guided filter with the photo at the end). Figures from `distill.report.photometrics` (no loss network): "
         "**residual**: RMS error of the best affine colour map from the photo in every 3x3 window; **ratio**: "
         "photoreal / plain; **min region**: the least colour moved toward the style's same region over the shared "
         "regions (sliced Wasserstein in CIELAB; distances within 2, about Delta E 4, count as matched); "

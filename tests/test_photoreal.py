@@ -308,10 +308,33 @@ def test_recolouring_by_region_gives_each_region_its_partner_colours(two_colour_
     assert right[0] > 0.7 and right[2] < 0.2, right
 
 
+def test_the_whole_distribution_transfer_gives_a_region_its_partner_colours_and_keeps_flat_areas_flat():
+    """A style region of two colour clusters (sky and sand): the linear map can only give their
+    average spread; the distribution transfer gives both clusters. A flat area of the photo (one
+    colour) stays one colour, and the result does not depend on anything but the inputs."""
+    generator = torch.Generator().manual_seed(1)
+    photo = torch.rand(3, 48, 48, generator=generator) * 0.5 + 0.25
+    photo[:, :16, :16] = 0.0  # clipped black
+    style = torch.zeros(3, 40, 40)
+    style[0, :, :20], style[2, :, 20:] = 0.9, 0.9
+    style = (style + 0.02 * torch.randn(3, 40, 40, generator=generator)).clamp(0, 1)
+    red, blue = torch.tensor([0.9, 0.0, 0.0]), torch.tensor([0.0, 0.0, 0.9])
+
+    def share_near_the_clusters(image):
+        pixels = image.reshape(3, -1).T
+        return float((torch.minimum((pixels - red).norm(dim=1), (pixels - blue).norm(dim=1)) < 0.15).float().mean())
+
+    linear = recolour_regions(photo, style, None, None)
+    whole = recolour_regions(photo, style, None, None, whole_distribution=True)
+    assert share_near_the_clusters(linear) < 0.6 < 0.85 < share_near_the_clusters(whole)
+    assert float(whole[:, :16, :16].reshape(3, -1).std(dim=1).max()) == 0.0
+    assert torch.equal(whole, recolour_regions(photo, style, None, None, whole_distribution=True))
+
+
 def test_the_photoreal_preset_and_explicit_choices():
     config = photoreal_teacher(TeacherConfig(scales=(0.5, 1.0)))
     assert (config.photoreal_weight, config.resolved_parameterisation(), config.scales, config.init, config.smooth) == (
-        DEFAULT_PHOTOREAL_WEIGHT, "pixels", (1.0,), "recoloured", True
+        DEFAULT_PHOTOREAL_WEIGHT, "pixels", (1.0,), "distribution", True
     )
     parser = argparse.ArgumentParser()
     add_teacher_arguments(parser)
@@ -342,3 +365,11 @@ def test_a_photoreal_student_is_not_asked_for_texture_its_teacher_does_not_paint
     assert lines(teacher_texture=0.02, student=recolouring) == []
     assert lines(teacher_texture=0.3, student=recolouring)[0].startswith("not stylised")
     assert lines(teacher_texture=0.02, student={**recolouring, "colour_moved": 0.1})[0].startswith("not stylised")
+
+
+@pytest.mark.parametrize("field", ["photoreal_weight", "matting_epsilon", "smooth_epsilon"])
+def test_photoreal_settings_out_of_range_are_config_errors(field):
+    from distill.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace("_", "[-_]")):
+        TeacherConfig(**{field: -1.0})

@@ -428,7 +428,7 @@ def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, sty
     # "pretrained" and "random" stores keep the plain formula, and so do older stores of a weights file.
     plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random"))
     style_hash = sha256_file(style)
-    teacher = {k: v for k, v in to_dict(plain).items() if k not in ("photoreal_weight", "matting_epsilon", "smooth")}
+    teacher = {k: v for k, v in to_dict(plain).items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
     assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": teacher, "styles": [style_hash]})
     record = json.loads((store.root / "configs" / f"{same}.json").read_text())
     del record["weights_sha256"]
@@ -445,7 +445,7 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
     store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
     record = json.loads((store.root / "configs" / f"{key}.json").read_text())
     # A store from before the photoreal fields existed: its record lacks them, and its key is the same.
-    before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth")}
+    before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
     assert sha256_json({"teacher": before, "styles": record["styles"]}) == key
     # A store written while off fields still entered the hash is found under its own key.
     full = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
@@ -471,7 +471,7 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     style_hash = sha256_file(style)
 
     def legacy_hash(config):
-        later = ("photoreal_weight", "matting_epsilon", "smooth", "pyramid_coarsest")
+        later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest")
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
@@ -481,3 +481,17 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     assert compute_config_hash(deeper.resolved(), [style_hash]) != legacy_hash(deeper)
     on_pixels = TeacherConfig(size=32, iterations=2, parameterisation="pixels")
     assert compute_config_hash(on_pixels.resolved(), [style_hash]) == legacy_hash(on_pixels)
+
+
+def test_the_smoothing_regulariser_keys_targets_only_while_smoothing_is_on(style):
+    """``smooth_epsilon`` changes a smoothed result, so it is in a smoothed teacher's key; without
+    ``smooth`` it changes nothing and stays out (plain stores keep their key)."""
+    from distill.targets.store import compute_config_hash
+
+    style_hash = sha256_file(style)
+
+    def key(**fields):
+        return compute_config_hash(TeacherConfig(size=32, iterations=2, **fields).resolved(), [style_hash])
+
+    assert key(smooth_epsilon=1e-2) == key()
+    assert key(smooth=True, smooth_epsilon=1e-2) != key(smooth=True)

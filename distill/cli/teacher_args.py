@@ -46,7 +46,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         help="loss-network weights: 'pretrained' (downloads once, then cached), 'random' (offline: a seeded random texture "
         "network that stylises, but is not learned features) or a path to a .safetensors / torch state-dict file (default %(default)s)",
     )
-    group.add_argument("--init", choices=INIT_CHOICES, help=f"starting image (default {defaults.init}; recoloured with --photoreal)")
+    group.add_argument("--init", choices=INIT_CHOICES, help=f"starting image (default {defaults.init}; distribution with --photoreal)")
     group.add_argument("--preserve-color", action="store_true", help="luminance-only transfer: keep the content's colours")
     group.add_argument("--scales", type=_float_list, default=defaults.scales, metavar="S1,S2", help="coarse-to-fine fractions of --size ending at 1, e.g. 0.5,1")
     group.add_argument(
@@ -72,7 +72,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
     group.add_argument(
         "--photoreal", action="store_true",
         help="Deep Photo Style Transfer: add the content photo's matting-Laplacian penalty so the style changes colours, "
-        f"not structure (weight {DEFAULT_PHOTOREAL_WEIGHT:g}; pixels, one scale, --init recoloured, --smooth; --scales is ignored)",
+        f"not structure (weight {DEFAULT_PHOTOREAL_WEIGHT:g}; pixels, one scale, --init distribution, --smooth; --scales is ignored)",
     )
     group.add_argument("--photoreal-weight", type=float, help=f"weight of the photorealism term (implies --photoreal; default {DEFAULT_PHOTOREAL_WEIGHT:g})")
     group.add_argument("--style-mask", metavar="IMG", help="colour-coded semantic mask of the (single) --style image; needs content masks too")

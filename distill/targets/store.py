@@ -581,7 +581,7 @@ def compute_config_hash(
 #: (plain Gatys). At that value they stay out of the hash: the same targets keep the same key.
 _FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False, "pyramid_coarsest": 16}
 #: Fields that only matter while another one is on: left out (at any value) while it is off.
-_FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight"}
+_FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight", "smooth_epsilon": "smooth"}
 #: Fields that only matter with the Laplacian-pyramid parameterisation: left out on pixels.
 _FIELDS_ONLY_LAPLACIAN = ("pyramid_coarsest",)
 
