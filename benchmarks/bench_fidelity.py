@@ -127,7 +127,8 @@ def main() -> None:
     rows, outputs = [], {}
     pairs = [tuple(p.split(":", 1)) for p in args.pairs] if args.pairs else [(s, r) for s in args.students for r in args.recipes]
     for student, recipe in pairs:
-        run_dir = args.work / "runs" / f"{student}_{recipe}{args.label}"
+        # A run belongs to the targets it learns from: a changed teacher gets a new run, not a resumed one.
+        run_dir = args.work / "runs" / f"{student}_{recipe}{args.label}_{config_hashes['train'][:8]}"
         settings = {
             "targets": str(stores["train"]), "student": student, "device": str(device),
             # Small photos (long side = the teacher's size): crops that fit the shortest ones,
@@ -137,8 +138,7 @@ def main() -> None:
         }
         if args.steps:
             settings["steps"] = args.steps
-        if len(TargetStore(stores["train"]).config_hashes()) > 1:  # other teachers' targets share the store
-            settings["config_hash"] = config_hashes["train"]
+        settings["config_hash"] = config_hashes["train"]  # other teachers' targets may share the store
         settings.update(overrides)
         minutes = run_training(run_dir, settings)
         # The teacher's own agreement across a mirror depends on the teacher only: measured once.

@@ -61,9 +61,13 @@ def read_run(label: str, device: str, work: Path) -> dict:
     variant = re.search(r"Teacher: offline default(?: with ([^(]*))? \(", text).group(1) or "default"
     iterations = re.search(r", (\d+) iterations, style", text).group(1)
     machine = text.splitlines()[2]
-    metrics = work / "runs" / f"{cells['student']}_{cells['recipe']}_{label}" / "metrics.jsonl"
+    # bench_fidelity.py names a run after its targets' teacher (``_<hash8>``); earlier runs lack the suffix.
+    run_name = f"{cells['student']}_{cells['recipe']}_{label}"
+    candidates = [work / "runs" / run_name, *(work / "runs").glob(f"{run_name}_" + "?" * 8)]
+    found = [path / "metrics.jsonl" for path in candidates if (path / "metrics.jsonl").exists()]
+    metrics = max(found, key=lambda path: path.stat().st_mtime) if found else None
     curve = []
-    if metrics.exists():
+    if metrics is not None:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         curve = [(r["step"], r["ssim"]) for r in records if r.get("kind") == "heldout" and "ssim" in r]
     return {"label": label, "cells": cells, "teacher": teacher.groups() if teacher else None, "command": command,
