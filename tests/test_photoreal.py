@@ -373,3 +373,13 @@ def test_photoreal_settings_out_of_range_are_config_errors(field):
 
     with pytest.raises(ConfigError, match=field.replace("_", "[-_]")):
         TeacherConfig(**{field: -1.0})
+
+
+def test_the_smoothing_window_keeps_5x5_on_small_images_and_widens_with_the_size():
+    from teachers.gatys import smoothing_radius
+
+    sizes = [32, 96, 128, 256, 512, 1024, 4096]
+    radii = [smoothing_radius(size) for size in sizes]
+    assert radii[:3] == [2, 2, 2]  # the measured 128 px setting, and nothing narrower below it
+    assert radii == sorted(radii) and radii[-1] > radii[3] > 2
+    assert radii[-1] < 4096 // 128  # slower than in proportion: small regions of large photos survive
