@@ -57,6 +57,8 @@ def smoothing_radius(long_side: int) -> int:
     against 0.76 at 3 px).
     """
     return max(2, round(2 * math.sqrt(long_side / 128)))
+
+
 #: Content weight (alpha) of the photoreal teacher: its photorealism weight was measured with
 #: style 10x content. The painterly default, 100x, cost structure on the shared pairs (in7
 #: 0.61 -> 0.60, in26 0.59 -> 0.58, benchmarks/bench_photoreal.py).
