@@ -35,8 +35,7 @@ from bench_teacher import machine_description  # noqa: E402
 from distill.objective.config import CriterionConfig  # noqa: E402
 from distill.objective.criterion import build_criterion  # noqa: E402
 from distill.core.imageio import list_images, load_image, resize_image, save_image  # noqa: E402
-from distill.core.color import match_colour_statistics  # noqa: E402
-from distill.report.stylemetrics import stylisation_figures, texture_descriptor, texture_distance  # noqa: E402
+from distill.report.stylemetrics import recoloured_texture_distance, stylisation_figures  # noqa: E402
 from distill.samples import sample_photo_paths  # noqa: E402
 from teachers.gatys import TeacherConfig, stylize  # noqa: E402
 
@@ -104,19 +103,8 @@ def run_pair(content, style, criterion_config, *, size, iterations, device):
     seconds = time.perf_counter() - started
     image = result.images[0]
     figures = stylisation_figures(image, content, style).as_dict()
-    return {**figures, "photo_texture_distance": photo_texture_distance(content, style),
+    return {**figures, "photo_texture_distance": recoloured_texture_distance(content, style),
             "iterations": result.iterations_run[0], "seconds": seconds}, image
-
-
-def photo_texture_distance(content: torch.Tensor, style: torch.Tensor) -> float:
-    """The texture distance that "texture moved" is relative to: the photo recoloured to the style, vs the style.
-
-    Small when the photo already has the painting's gradient and spectrum statistics (fur,
-    foliage): then any change moves the ratio a lot, and little texture is left to move.
-    """
-    style = resize_image(style, long_side=max(content.shape[-2:]), antialias=True)
-    recoloured = match_colour_statistics(content, style)
-    return texture_distance(texture_descriptor(recoloured), texture_descriptor(style))
 
 
 def passes(row) -> bool:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.report.stylemetrics import match_colour_statistics, stylisation_figures, structure_kept
+from distill.report.stylemetrics import (
+    match_colour_statistics,
+    recoloured_texture_distance,
+    stylisation_figures,
+    structure_kept,
+    texture_descriptor,
+    texture_distance,
+)
 
 
 def _photo(size: int = 64) -> torch.Tensor:
@@ -46,3 +53,15 @@ def test_structure_kept_is_a_correlation_of_edges():
     assert structure_kept(0.5 * photo + 0.2, photo) > 0.999  # contrast and brightness do not matter
     flat = torch.full_like(photo, 0.5)
     assert structure_kept(flat, photo) == 0.0
+
+
+def test_texture_moved_is_relative_to_the_recoloured_photos_texture_distance():
+    """The reference the benchmark prints: small for a photo that already has the painting's texture."""
+    photo, painting = _photo(), _painting()
+    output = torch.nn.functional.interpolate(painting[None], size=(64, 64), mode="bilinear")[0] * 0.5 + photo * 0.5
+    reference = recoloured_texture_distance(photo, painting)
+    style = torch.nn.functional.interpolate(painting[None], size=(64, 64), mode="bilinear", antialias=True)[0]
+    moved = 1 - texture_distance(texture_descriptor(output), texture_descriptor(style)) / reference
+    assert stylisation_figures(output, photo, painting).texture_moved == pytest.approx(moved, abs=1e-9)
+    painted_photo = torch.nn.functional.interpolate(painting[None], size=(64, 64), mode="nearest")[0]
+    assert recoloured_texture_distance(painted_photo, painting) < reference
