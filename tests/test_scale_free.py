@@ -122,6 +122,25 @@ def test_sliced_wasserstein_blend_averages_quantile_functions(textured_style):
     assert terms.style.item() < 1e-3
 
 
+def test_sliced_projections_set_the_directions_per_channel(textured_style):
+    """K fixed unit directions per channel; the first layer's first C of K=1 are the earlier objective's
+    (C, C) draw, so ``sliced_projections=1`` reproduces it. Below 1 is a config error."""
+    config = CriterionConfig(weights="random", style_size=64)
+    default = build_criterion(config, [textured_style])
+    single = build_criterion(dataclasses.replace(config, sliced_projections=1), [textured_style], network=default.network)
+    channels = default.network.channels()
+    for layer in default.style_layers:
+        directions, quantiles = default.sw_target(layer)
+        assert directions.shape == (channels[layer], config.sliced_projections * channels[layer])
+        assert quantiles.shape[1] == directions.shape[1]
+        assert torch.allclose(directions.norm(dim=0), torch.ones(directions.shape[1]))
+        assert single.sw_target(layer)[0].shape == (channels[layer], channels[layer])
+    earlier = torch.randn(channels[default.style_layers[0]], channels[default.style_layers[0]], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(single.sw_target(default.style_layers[0])[0], earlier / earlier.norm(dim=0, keepdim=True))
+    with pytest.raises(ValueError, match="sliced_projections"):
+        CriterionConfig(sliced_projections=0)
+
+
 def test_small_style_warns_and_non_finite_network_is_an_error(textured_style):
     config = CriterionConfig(weights="random", style_size=24)
     with pytest.warns(StyleTooSmallWarning, match="relu5_1"):

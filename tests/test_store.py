@@ -26,6 +26,7 @@ from distill.targets.store import TargetEntry, TargetStore
 from distill.targets.pairs import TargetPairs, heldout_keys, split_value
 from distill.targets.locks import KeyLocks as _KeyLocks
 from distill.targets.generation import generate_targets, shard_of
+from distill.objective.config import CriterionConfig
 from teachers.gatys import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +222,9 @@ def _target_bytes(store_root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["while the first batch is optimised", "after two targets"])
-def test_kill_9_at_several_moments_then_rerun_gives_the_uninterrupted_store(tmp_path, style, moment):
+def test_kill_9_at_several_moments_then_rerun_gives_the_uninterrupted_store(tmp_path, style, moment, single_thread):
+    # One thread here as in the killed process: matrix products block differently per thread
+    # count, and L-BFGS carries a last-bit difference into the saved pixels.
     make_contents(tmp_path / "c", 4)
     common = ["--content-dir", tmp_path / "c", "--style", style, *FAST, "--iters", "8"]
     assert cli(*common, "--out", tmp_path / "straight") == 0
@@ -446,6 +449,8 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
     record = json.loads((store.root / "configs" / f"{key}.json").read_text())
     # A store from before the photoreal fields existed: its record lacks them, and its key is the same.
     before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
+    # ... nor the sliced-Wasserstein projection count, which a Gram teacher never uses.
+    before["criterion"] = {k: v for k, v in before["criterion"].items() if k != "sliced_projections"}
     assert sha256_json({"teacher": before, "styles": record["styles"]}) == key
     # A store written while off fields still entered the hash is found under its own key.
     full = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
@@ -473,6 +478,7 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     def legacy_hash(config):
         later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest")
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
+        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
     older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16)
@@ -481,6 +487,40 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     assert compute_config_hash(deeper.resolved(), [style_hash]) != legacy_hash(deeper)
     on_pixels = TeacherConfig(size=32, iterations=2, parameterisation="pixels")
     assert compute_config_hash(on_pixels.resolved(), [style_hash]) == legacy_hash(on_pixels)
+
+
+def test_sliced_projections_key_targets_only_where_they_change_them(tmp_path, style):
+    """One direction per channel is the objective before the field existed: those targets keep their
+    key and an old record reads back as 1, not as today's default; Gram teachers never use it."""
+    from distill.core.config import to_dict
+    from distill.core.files import sha256_json
+    from distill.targets.store import compute_config_hash
+
+    style_hash = sha256_file(style)
+
+    def config(**criterion):
+        return TeacherConfig(criterion=CriterionConfig(weights="random", **criterion), size=32, iterations=2).resolved()
+
+    def legacy_hash(teacher_config):
+        later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")  # off here, so out of every key
+        teacher = {k: v for k, v in to_dict(teacher_config).items() if k not in later}
+        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
+        return sha256_json({"teacher": teacher, "styles": [style_hash]})
+
+    one = config(sliced_projections=1)
+    assert one.criterion.style_statistic == "sliced_wasserstein"
+    assert compute_config_hash(one, [style_hash]) == legacy_hash(one)
+    assert compute_config_hash(config(), [style_hash]) != legacy_hash(config())
+    gram = config(style_statistic="gram")
+    assert compute_config_hash(gram, [style_hash]) == legacy_hash(gram)
+    assert compute_config_hash(config(style_statistic="gram", sliced_projections=4), [style_hash]) == legacy_hash(gram)
+
+    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=one, style_paths=[style])
+    path = store.root / "configs" / f"{key}.json"
+    record = json.loads(path.read_text())
+    del record["teacher"]["criterion"]["sliced_projections"]
+    path.write_text(json.dumps(record))
+    assert TargetStore(store.root).teacher_config(key) == one
 
 
 def test_the_smoothing_regulariser_keys_targets_only_while_smoothing_is_on(style):

@@ -59,6 +59,10 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         help="gram, or sliced_wasserstein (whole feature distributions); auto: sliced_wasserstein for random weights (default %(default)s)",
     )
     group.add_argument(
+        "--sliced-projections", type=int, default=criterion.sliced_projections, metavar="K",
+        help="sliced_wasserstein: fixed projection directions per feature channel; 1 is the earlier objective (default %(default)s)",
+    )
+    group.add_argument(
         "--parameterisation", choices=("auto", *PARAMETERISATIONS), default=defaults.parameterisation,
         help="what L-BFGS moves: pixels or laplacian pyramid bands; auto: laplacian, pixels with classic (default %(default)s)",
     )
@@ -110,6 +114,7 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
             seed=args.seed,
             pooling=args.pooling,
             style_statistic=preset.style_statistic if args.style_statistic == "auto" else args.style_statistic,
+            sliced_projections=args.sliced_projections,
             # Classic keeps its 512 px style; otherwise the style is seen at the result's own scale.
             style_size=args.style_size or (preset.style_size if args.loss_normalisation == "classic" else args.size),
             style_blend=tuple(args.style_weights) if args.style_weights else None,

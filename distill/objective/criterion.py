@@ -302,7 +302,7 @@ def build_criterion(
     weights = [w / float(sum(blend)) for w in blend]
 
     sliced = config.style_statistic == "sliced_wasserstein"
-    directions = _projection_directions(channels, style_layers, seed=config.seed) if sliced else None
+    directions = _projection_directions(channels, style_layers, seed=config.seed, per_channel=config.sliced_projections) if sliced else None
     grams: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     quantiles: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     measure = luminance_as_rgb if config.luminance_only else (lambda x: x)
@@ -358,13 +358,15 @@ def _region_targets(
     return regions
 
 
-def _projection_directions(channels: Mapping[str, int], layers: Sequence[str], *, seed: int) -> dict[str, torch.Tensor]:
-    """Fixed unit directions (C, C) per layer, seeded: the objective must not change between
-    L-BFGS iterations (Heitz et al. redraw them each step; a quasi-Newton method cannot)."""
+def _projection_directions(
+    channels: Mapping[str, int], layers: Sequence[str], *, seed: int, per_channel: int = 1
+) -> dict[str, torch.Tensor]:
+    """Fixed unit directions (C, per_channel * C) per layer, seeded: the objective must not change
+    between L-BFGS iterations (Heitz et al. redraw them each step; a quasi-Newton method cannot)."""
     generator = torch.Generator().manual_seed(seed)
     directions = {}
     for layer in layers:
-        matrix = torch.randn(channels[layer], channels[layer], generator=generator)
+        matrix = torch.randn(channels[layer], per_channel * channels[layer], generator=generator)
         directions[layer] = matrix / matrix.norm(dim=0, keepdim=True)
     return directions
 

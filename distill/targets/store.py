@@ -322,7 +322,7 @@ class TargetStore:
 
     def teacher_config(self, config_hash: str | None = None) -> TeacherConfig:
         """The :class:`TeacherConfig` that made the targets of ``config_hash``."""
-        return from_dict(TeacherConfig, self.config_record(config_hash)["teacher"])
+        return from_dict(TeacherConfig, _with_legacy_values(self.config_record(config_hash)["teacher"]))
 
     def style_hashes(self, config_hash: str | None = None) -> tuple[str, ...]:
         return tuple(self.config_record(config_hash)["styles"])
@@ -580,6 +580,11 @@ def compute_config_hash(
 #: Teacher fields added after stores existed, with the value at which they change nothing
 #: (plain Gatys). At that value they stay out of the hash: the same targets keep the same key.
 _FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False, "pyramid_coarsest": 16}
+#: Criterion fields added after stores existed, with the value that reproduces the objective
+#: before them; left out of the hash at that value, and assumed when a stored config lacks them.
+_CRITERION_FIELDS_OFF = {"sliced_projections": 1}
+#: Criterion fields that only matter with the sliced-Wasserstein statistic: left out with Gram.
+_CRITERION_FIELDS_ONLY_SLICED = ("sliced_projections",)
 #: Fields that only matter while another one is on: left out (at any value) while it is off.
 _FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight", "smooth_epsilon": "smooth"}
 #: Fields that only matter with the Laplacian-pyramid parameterisation: left out on pixels.
@@ -600,12 +605,32 @@ def _config_hash(
         if teacher.get("parameterisation") == "pixels":
             off |= set(_FIELDS_ONLY_LAPLACIAN)
         teacher = {key: value for key, value in teacher.items() if key not in off}
+        if isinstance(teacher.get("criterion"), dict):
+            teacher = {**teacher, "criterion": _criterion_without_off_fields(teacher["criterion"])}
     if weights_sha256 is not None and teacher is not None:
         teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
     hashed = {"teacher": teacher, "styles": styles}
     if style_mask_sha256 is not None:
         hashed["style_mask"] = style_mask_sha256
     return sha256_json(hashed)
+
+
+def _criterion_without_off_fields(criterion: dict[str, Any]) -> dict[str, Any]:
+    off = {name for name, value in _CRITERION_FIELDS_OFF.items() if criterion.get(name) == value}
+    if criterion.get("style_statistic") == "gram":
+        off |= set(_CRITERION_FIELDS_ONLY_SLICED)
+    return {key: value for key, value in criterion.items() if key not in off}
+
+
+def _with_legacy_values(teacher: dict[str, Any]) -> dict[str, Any]:
+    """A stored teacher config with the fields it predates set to what made its targets
+    (their off values), not to today's defaults."""
+    teacher = {**{name: value for name, value in _FIELDS_OFF.items() if name not in teacher}, **teacher}
+    criterion = teacher.get("criterion")
+    if isinstance(criterion, dict):
+        missing = {name: value for name, value in _CRITERION_FIELDS_OFF.items() if name not in criterion}
+        teacher["criterion"] = {**missing, **criterion}
+    return teacher
 
 
 def entry_key(config_hash: str, content_hash: str) -> str:
