@@ -123,8 +123,8 @@ def test_sliced_wasserstein_blend_averages_quantile_functions(textured_style):
 
 
 def test_sliced_projections_set_the_directions_per_channel(textured_style):
-    """K fixed unit directions per channel; the first layer's first C of K=1 are the earlier objective's
-    (C, C) draw, so ``sliced_projections=1`` reproduces it. Below 1 is a config error."""
+    """K fixed unit directions per channel; with K=1 the first layer's directions are the earlier
+    objective's (C, C) draw, so ``sliced_projections=1`` reproduces it. Below 1 is a config error."""
     config = CriterionConfig(weights="random", style_size=64)
     default = build_criterion(config, [textured_style])
     single = build_criterion(dataclasses.replace(config, sliced_projections=1), [textured_style], network=default.network)

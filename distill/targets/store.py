@@ -572,7 +572,8 @@ def compute_config_hash(
     ``style_mask_sha256``: the style's semantic mask file, when there is one (added to the
     hashed dict as ``"style_mask"``; configs without masks keep the plain formula).
     Teacher fields that came later than the store format are left out while they are off
-    (:data:`_FIELDS_OFF`): a store made before they existed keeps its key.
+    (:data:`_FIELDS_OFF`, and :data:`_CRITERION_FIELDS_OFF` inside the criterion): a store made
+    before they existed keeps its key.
     """
     return _config_hash(to_dict(teacher_config), list(style_hashes), weights_sha256, style_mask_sha256)
 
