@@ -45,6 +45,14 @@ DEFAULT_PHOTOREAL_WEIGHT = 1000.0
 #: kept on in26 (sofa) from 0.59 to 0.61 and on in7 from 0.62 to 0.63; 1e-2 smooths the small
 #: regions of in25 (kitchen) back toward their neighbours (least region colour 0.75 -> 0.57).
 DEFAULT_SMOOTH_EPSILON = 5e-3
+#: Content weight (alpha) of the photoreal teacher: its photorealism weight was measured with
+#: style 10x content. The painterly default, 100x, cost structure on the shared pairs (in7
+#: 0.61 -> 0.60, in26 0.59 -> 0.58, benchmarks/bench_photoreal.py).
+PHOTOREAL_CONTENT_WEIGHT = 1.0
+#: Every this many iterations (and for the result) the teacher also records its objective on
+#: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
+#: what a student's rounded output must be compared with for "equivalent iterations".
+QUANTISED_TRACE_INTERVAL = 5
 
 
 def smoothing_radius(long_side: int) -> int:
@@ -57,16 +65,6 @@ def smoothing_radius(long_side: int) -> int:
     against 0.76 at 3 px).
     """
     return max(2, round(2 * math.sqrt(long_side / 128)))
-
-
-#: Content weight (alpha) of the photoreal teacher: its photorealism weight was measured with
-#: style 10x content. The painterly default, 100x, cost structure on the shared pairs (in7
-#: 0.61 -> 0.60, in26 0.59 -> 0.58, benchmarks/bench_photoreal.py).
-PHOTOREAL_CONTENT_WEIGHT = 1.0
-#: Every this many iterations (and for the result) the teacher also records its objective on
-#: the iterate as a saved PNG would hold it (clamped to [0, 1], 8-bit), ``trace["total_8bit"]``:
-#: what a student's rounded output must be compared with for "equivalent iterations".
-QUANTISED_TRACE_INTERVAL = 5
 
 
 @dataclass(frozen=True)
