@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,14 +120,25 @@ def format_row(row) -> str:
     )
 
 
+def command_line(args) -> str:
+    """The command that reproduces a run, with its image paths relative to the repository."""
+    def paths(flag, given):
+        return f" {flag} " + " ".join(os.path.relpath(path, HERE.parent) for path in given) if given else ""
+
+    return (
+        f"python benchmarks/bench_stylization.py{paths('--contents', args.contents)}{paths('--styles', args.styles)}"
+        f"{' --sample-photos' if args.sample_photos else ''} --label {args.label} --sizes {' '.join(map(str, args.sizes))} "
+        f"--iters {args.iters}{'' if list(args.modes) == list(MODES) else ' --modes ' + ' '.join(args.modes)}"
+    )
+
+
 def render(rows, args, device, contents, styles) -> str:
     lines = [
         f"# Stylisation, offline ({args.label} images, {device.type})",
         "",
         machine_description(device),
         "",
-        f"Command: `python benchmarks/bench_stylization.py{' --sample-photos' if args.sample_photos else ''} --label {args.label} --sizes {' '.join(map(str, args.sizes))} "
-        f"--iters {args.iters}`. Contents: {', '.join(p.name for p in contents)}. Styles: {', '.join(p.name for p in styles)}.",
+        f"Command: `{command_line(args)}`. Contents: {', '.join(p.name for p in contents)}. Styles: {', '.join(p.name for p in styles)}.",
         "",
         "Figures from `distill.report.stylemetrics` (no loss network involved): **colour** moved toward the style "
         "(sliced Wasserstein distance of CIELAB pixel colours, 1 = the style's distribution), **texture** moved "

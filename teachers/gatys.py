@@ -25,7 +25,7 @@ from distill.core.masks import check_mask_options, fit_mask, load_mask, resize_m
 from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
 from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
-from teachers.pyramid import DEFAULT_COARSEST_SIDE, PARAMETERISATIONS, ImageParameterisation
+from teachers.pyramid import COLOUR_BASES, DEFAULT_COARSEST_SIDE, PARAMETERISATIONS, ImageParameterisation
 
 INIT_CHOICES = ("content", "noise", "style", "recoloured", "distribution")
 #: Every side of a content image, as given and at the teacher's size, needs at least this
@@ -89,6 +89,13 @@ class TeacherConfig:
     parameterisation: str = "auto"
     pyramid_gain: float = 1.5  # step scale of each coarser Laplacian band relative to the next finer one
     pyramid_coarsest: int = DEFAULT_COARSEST_SIDE  # no Laplacian band shorter than this many px (16: the earlier default)
+    # The colour axes L-BFGS moves: "rgb", or "decorrelated" (luminance and two chroma axes scaled
+    # by how much photos vary along them; see teachers.pyramid). auto: decorrelated with the
+    # Laplacian pyramid, rgb on pixels (classic, photoreal). Measured on 24 photo x painting pairs
+    # never tuned on (128 px, 200 iterations, random weights): colour moved 0.87 -> 0.91 (least
+    # 0.50 -> 0.71), texture 0.46 -> 0.51 (least 0.21 -> 0.28), broader strokes and far less
+    # per-pixel colour speckle; structure kept 0.84 -> 0.67 (least 0.69 -> 0.43).
+    colour_basis: str = "auto"
     # Deep Photo Style Transfer's photorealism term: weight of the content photo's matting
     # Laplacian penalty (teachers.photoreal); 0 = plain Gatys.
     photoreal_weight: float = 0.0
@@ -101,9 +108,17 @@ class TeacherConfig:
             return self.parameterisation
         return "pixels" if self.criterion.normalisation == "classic" else "laplacian"
 
+    def resolved_colour_basis(self) -> str:
+        if self.colour_basis != "auto":
+            return self.colour_basis
+        return "decorrelated" if self.resolved_parameterisation() == "laplacian" else "rgb"
+
     def resolved(self) -> "TeacherConfig":
         """This config with every ``"auto"`` decided (what stores and reports record)."""
-        return replace(self, criterion=self.criterion.resolved(), parameterisation=self.resolved_parameterisation())
+        return replace(
+            self, criterion=self.criterion.resolved(), parameterisation=self.resolved_parameterisation(),
+            colour_basis=self.resolved_colour_basis(),
+        )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -111,6 +126,8 @@ class TeacherConfig:
             raise ConfigError(f"size must be at least {MIN_SIDE} px (the long side of the result), got {self.size}")
         if self.parameterisation not in ("auto", *PARAMETERISATIONS):
             raise ConfigError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
+        if self.colour_basis not in ("auto", *COLOUR_BASES):
+            raise ConfigError(f"colour_basis must be 'auto' or one of {COLOUR_BASES}, got {self.colour_basis!r}")
         if not (math.isfinite(self.photoreal_weight) and self.photoreal_weight >= 0):
             raise ConfigError(f"photoreal-weight must be a finite number >= 0, got {self.photoreal_weight}")
         if not self.smooth_epsilon > 0:
@@ -311,7 +328,8 @@ def _optimise_scale(
     height, width = image.shape[-2:]
     luminance_only = objective.criterion.luminance_only
     variables = ImageParameterisation(
-        config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain, coarsest=config.pyramid_coarsest
+        config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain,
+        coarsest=config.pyramid_coarsest, colour_basis=config.resolved_colour_basis(),
     )
     optimiser = BatchedLBFGS(
         variables.encode(image).clone(),

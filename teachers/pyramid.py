@@ -8,6 +8,14 @@ form. Optimising the coefficients of a Laplacian pyramid instead, each coarser b
 scaled up by ``gain`` per level (the "Laplacian pyramid gradient normalisation" of
 feature-visualisation work), lets patches and strokes form at every scale at once.
 The objective is unchanged: the pyramid reconstructs the image exactly.
+
+The same argument holds for colour. On RGB variables a step of pure chroma costs as
+little as one of pure luminance, so fine bands fill with per-pixel colour speckle.
+With a decorrelated colour basis (Olah et al. 2017, "Feature Visualization"; Mordvintsev
+et al. 2018, "Differentiable Image Parameterizations", whose style transfer through
+non-VGG networks needed it) each variable moves one principal colour axis of natural
+images, scaled by its standard deviation: luminance moves freely, chroma in proportion
+to how much photos vary in it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,28 @@ import torch
 import torch.nn.functional as F
 
 PARAMETERISATIONS = ("pixels", "laplacian")
+#: "rgb": the variables are red, green and blue; "decorrelated": principal colour axes of
+#: natural images (:data:`IMAGENET_COLOUR_SQRT_COVARIANCE`).
+COLOUR_BASES = ("rgb", "decorrelated")
+
+#: Square root of ImageNet's RGB covariance (its principal axes times their standard
+#: deviations), as published with lucid's image parameterisations. Columns: luminance,
+#: then two chroma axes at about 0.28 and 0.13 of its scale.
+IMAGENET_COLOUR_SQRT_COVARIANCE = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
+
+
+def colour_basis_matrix(kind: str) -> torch.Tensor | None:
+    """The 3x3 map from the variables' colour channels to RGB (None for "rgb").
+
+    Scaled to unit largest singular value, so a luminance step moves the image as far as
+    it does on RGB variables and only chroma steps become smaller.
+    """
+    if kind not in COLOUR_BASES:
+        raise ValueError(f"colour basis must be one of {COLOUR_BASES}, got {kind!r}")
+    if kind == "rgb":
+        return None
+    matrix = torch.tensor(IMAGENET_COLOUR_SQRT_COVARIANCE, dtype=torch.float64)
+    return (matrix / torch.linalg.matrix_norm(matrix, ord=2)).float()
 
 #: The coarsest band is kept at least this many pixels on its short side. 8 rather than 16:
 #: one more band, about 12 px at 128 and 256 px alike, lets whole regions (a flat dark
@@ -51,14 +81,19 @@ class ImageParameterisation:
     ``kind="pixels"``: the variables are the pixels. ``kind="laplacian"``: band-pass
     coefficients of ``levels`` bands, band ``l`` divided by ``gain ** l``, so a unit
     step on a variable of a coarse band moves the image ``gain ** l`` times further.
-    ``coarsest``: the short side below which no further band is made.
+    ``coarsest``: the short side below which no further band is made. ``colour_basis``:
+    :data:`COLOUR_BASES`, the colour axes every band's three channels stand for.
     ``decode(encode(x)) == x`` up to float rounding.
     """
 
-    def __init__(self, kind: str, *, height: int, width: int, gain: float = 1.5, coarsest: int = DEFAULT_COARSEST_SIDE) -> None:
+    def __init__(
+        self, kind: str, *, height: int, width: int, gain: float = 1.5, coarsest: int = DEFAULT_COARSEST_SIDE,
+        colour_basis: str = "rgb",
+    ) -> None:
         if kind not in PARAMETERISATIONS:
             raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {kind!r}")
         self.kind = kind
+        self.to_rgb = colour_basis_matrix(colour_basis)
         self.size = (height, width)
         self.levels = pyramid_levels(height, width, coarsest=coarsest) if kind == "laplacian" else 1
         self.gains = [gain**level for level in range(self.levels)]
@@ -69,6 +104,16 @@ class ImageParameterisation:
             height, width = (height + 1) // 2, (width + 1) // 2
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # Colour and pyramid are both linear and act on different axes, so their order is free.
+        if self.to_rgb is not None:
+            images = _map_colours(torch.linalg.inv(self.to_rgb).to(images), images)
+        return self._encode_bands(images)
+
+    def decode(self, variables: torch.Tensor) -> torch.Tensor:
+        images = self._decode_bands(variables)
+        return images if self.to_rgb is None else _map_colours(self.to_rgb.to(images), images)
+
+    def _encode_bands(self, images: torch.Tensor) -> torch.Tensor:
         if self.kind == "pixels" or self.levels == 1:
             return images.reshape(images.shape[0], -1)
         bands, current = [], images
@@ -79,7 +124,7 @@ class ImageParameterisation:
         bands.append(current)
         return torch.cat([(band / gain).reshape(images.shape[0], -1) for band, gain in zip(bands, self.gains)], dim=1)
 
-    def decode(self, variables: torch.Tensor) -> torch.Tensor:
+    def _decode_bands(self, variables: torch.Tensor) -> torch.Tensor:
         batch = variables.shape[0]
         if self.kind == "pixels" or self.levels == 1:
             return variables.reshape(batch, 3, *self.size)
@@ -92,3 +137,8 @@ class ImageParameterisation:
         for band, gain in zip(reversed(bands[:-1]), reversed(self.gains[:-1])):
             image = band * gain + _upsample(image, band.shape[-2:])
         return image
+
+
+def _map_colours(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (3, 3) applied to every pixel's colour of ``images`` (B, 3, H, W)."""
+    return torch.einsum("ij,bjhw->bihw", matrix, images)

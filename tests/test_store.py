@@ -476,12 +476,12 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     style_hash = sha256_file(style)
 
     def legacy_hash(config):
-        later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest")
+        later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest", "colour_basis")
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
         teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
-    older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16)
+    older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16, colour_basis="rgb")
     assert compute_config_hash(older.resolved(), [style_hash]) == legacy_hash(older)
     deeper = TeacherConfig(size=32, iterations=2)
     assert compute_config_hash(deeper.resolved(), [style_hash]) != legacy_hash(deeper)
@@ -535,3 +535,22 @@ def test_the_smoothing_regulariser_keys_targets_only_while_smoothing_is_on(style
 
     assert key(smooth_epsilon=1e-2) == key()
     assert key(smooth=True, smooth_epsilon=1e-2) != key(smooth=True)
+
+
+def test_colour_basis_keys_targets_only_when_decorrelated(tmp_path, style):
+    """RGB variables are the teacher before the field existed: its targets keep their key and
+    an old record reads back as rgb, not as today's decorrelated default."""
+    from distill.targets.store import compute_config_hash
+
+    style_hash = sha256_file(style)
+    rgb = TeacherConfig(size=32, iterations=2, colour_basis="rgb").resolved()
+    decorrelated = TeacherConfig(size=32, iterations=2).resolved()
+    assert decorrelated.colour_basis == "decorrelated"
+    assert compute_config_hash(rgb, [style_hash]) != compute_config_hash(decorrelated, [style_hash])
+
+    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=rgb, style_paths=[style])
+    path = store.root / "configs" / f"{key}.json"
+    record = json.loads(path.read_text())
+    del record["teacher"]["colour_basis"]
+    path.write_text(json.dumps(record))
+    assert TargetStore(store.root).teacher_config(key) == rgb

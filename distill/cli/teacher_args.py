@@ -20,7 +20,7 @@ from teachers import gatys
 from teachers.gatys import (
     DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, TeacherResult, photoreal_teacher,
 )
-from teachers.pyramid import PARAMETERISATIONS
+from teachers.pyramid import COLOUR_BASES, PARAMETERISATIONS
 
 
 def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bool = True) -> None:
@@ -65,6 +65,11 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
     group.add_argument(
         "--parameterisation", choices=("auto", *PARAMETERISATIONS), default=defaults.parameterisation,
         help="what L-BFGS moves: pixels or laplacian pyramid bands; auto: laplacian, pixels with classic (default %(default)s)",
+    )
+    group.add_argument(
+        "--colour-basis", choices=("auto", *COLOUR_BASES), default=defaults.colour_basis,
+        help="the colour axes L-BFGS moves: rgb, or decorrelated (luminance moves freely, chroma less: broader strokes, "
+        "less colour speckle); auto: decorrelated with laplacian, rgb on pixels (default %(default)s)",
     )
     group.add_argument("--content-weight", type=float, help=f"alpha (default {criterion.content_weight:g}; classic {classic.content_weight:g}; --photoreal {PHOTOREAL_CONTENT_WEIGHT:g})")
     group.add_argument("--style-weight", type=float, help=f"beta (default {criterion.style_weight:g}; classic {classic.style_weight:g})")
@@ -127,6 +132,7 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         config = TeacherConfig(
             criterion=criterion, size=args.size, iterations=args.iters, scales=tuple(args.scales), seed=args.seed,
             parameterisation=args.parameterisation,
+            colour_basis=args.colour_basis,
         )
         if args.photoreal or args.photoreal_weight is not None:
             config = photoreal_teacher(
