@@ -94,6 +94,7 @@ class ImageParameterisation:
             raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {kind!r}")
         self.kind = kind
         self.to_rgb = colour_basis_matrix(colour_basis)
+        self.from_rgb = None if self.to_rgb is None else torch.linalg.inv(self.to_rgb)
         self.size = (height, width)
         self.levels = pyramid_levels(height, width, coarsest=coarsest) if kind == "laplacian" else 1
         self.gains = [gain**level for level in range(self.levels)]
@@ -105,8 +106,8 @@ class ImageParameterisation:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         # Colour and pyramid are both linear and act on different axes, so their order is free.
-        if self.to_rgb is not None:
-            images = _map_colours(torch.linalg.inv(self.to_rgb).to(images), images)
+        if self.from_rgb is not None:
+            images = _map_colours(self.from_rgb.to(images), images)
         return self._encode_bands(images)
 
     def decode(self, variables: torch.Tensor) -> torch.Tensor:
