@@ -25,7 +25,9 @@ from distill.core.masks import check_mask_options, fit_mask, load_mask, resize_m
 from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
 from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
-from teachers.pyramid import COLOUR_BASES, DEFAULT_COARSEST_SIDE, PARAMETERISATIONS, ImageParameterisation
+from teachers.pyramid import (
+    COLOUR_BASES, DEFAULT_COARSEST_SIDE, DEFAULT_LUMINANCE_STEP, PARAMETERISATIONS, ImageParameterisation,
+)
 
 INIT_CHOICES = ("content", "noise", "style", "recoloured", "distribution")
 #: Every side of a content image, as given and at the teacher's size, needs at least this
@@ -96,6 +98,10 @@ class TeacherConfig:
     # 0.50 -> 0.71), texture 0.46 -> 0.51 (least 0.21 -> 0.28), broader strokes and far less
     # per-pixel colour speckle; structure kept 0.84 -> 0.67 (least 0.69 -> 0.43).
     colour_basis: str = "auto"
+    # How far a unit step of the colour variables moves luminance (teachers.pyramid.colour_basis_matrix).
+    # None: DEFAULT_LUMINANCE_STEP with the decorrelated basis (more of a dark, flat photo's
+    # layout survives), 1 on RGB.
+    luminance_step: float | None = None
     # Deep Photo Style Transfer's photorealism term: weight of the content photo's matting
     # Laplacian penalty (teachers.photoreal); 0 = plain Gatys.
     photoreal_weight: float = 0.0
@@ -113,11 +119,16 @@ class TeacherConfig:
             return self.colour_basis
         return "decorrelated" if self.resolved_parameterisation() == "laplacian" else "rgb"
 
+    def resolved_luminance_step(self) -> float:
+        if self.luminance_step is not None:
+            return self.luminance_step
+        return DEFAULT_LUMINANCE_STEP if self.resolved_colour_basis() == "decorrelated" else 1.0
+
     def resolved(self) -> "TeacherConfig":
         """This config with every ``"auto"`` decided (what stores and reports record)."""
         return replace(
             self, criterion=self.criterion.resolved(), parameterisation=self.resolved_parameterisation(),
-            colour_basis=self.resolved_colour_basis(),
+            colour_basis=self.resolved_colour_basis(), luminance_step=self.resolved_luminance_step(),
         )
 
     def __post_init__(self) -> None:
@@ -128,6 +139,8 @@ class TeacherConfig:
             raise ConfigError(f"parameterisation must be 'auto' or one of {PARAMETERISATIONS}, got {self.parameterisation!r}")
         if self.colour_basis not in ("auto", *COLOUR_BASES):
             raise ConfigError(f"colour_basis must be 'auto' or one of {COLOUR_BASES}, got {self.colour_basis!r}")
+        if self.luminance_step is not None and not (math.isfinite(self.luminance_step) and self.luminance_step > 0):
+            raise ConfigError(f"luminance-step must be a positive number, got {self.luminance_step}")
         if not (math.isfinite(self.photoreal_weight) and self.photoreal_weight >= 0):
             raise ConfigError(f"photoreal-weight must be a finite number >= 0, got {self.photoreal_weight}")
         if not self.smooth_epsilon > 0:
@@ -330,6 +343,7 @@ def _optimise_scale(
     variables = ImageParameterisation(
         config.resolved_parameterisation(), height=height, width=width, gain=config.pyramid_gain,
         coarsest=config.pyramid_coarsest, colour_basis=config.resolved_colour_basis(),
+        luminance_step=config.resolved_luminance_step(),
     )
     optimiser = BatchedLBFGS(
         variables.encode(image).clone(),

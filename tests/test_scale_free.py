@@ -17,7 +17,9 @@ from distill.core.imageio import resize_image
 from distill.objective.terms import gram_matrix, layer_weights_for, total_variation
 from distill.report.stylemetrics import match_colour_statistics, stylisation_figures
 from teachers.gatys import TeacherConfig, photoreal_teacher, stylize
-from teachers.pyramid import ImageParameterisation, blur_downsample, colour_basis_matrix, pyramid_levels
+from teachers.pyramid import (
+    DEFAULT_LUMINANCE_STEP, ImageParameterisation, blur_downsample, colour_basis_matrix, pyramid_levels,
+)
 
 
 def _smooth_field(size: int, seed: int) -> torch.Tensor:
@@ -216,6 +218,33 @@ def test_decorrelated_colours_keep_the_teacher_from_adding_colour_speckle(single
         result = stylize(build_criterion(config.criterion, [painting]), content.unsqueeze(0), config=config)
         speckle[basis] = _fine_chroma_over_luminance(result.images[0])
     assert speckle["decorrelated"] < 0.5 * speckle["rgb"]  # measured: 0.19 against 1.90
+
+
+@pytest.mark.parametrize("basis", ["rgb", "decorrelated"])
+def test_luminance_step_scales_grey_steps_only(basis):
+    """A unit step moves luminance ``luminance_step`` times as far as at step 1; colour steps
+    (orthogonal to grey) are unchanged, and the parameterisation stays exact."""
+    grey = torch.full((3,), 3.0**-0.5)
+    full = colour_basis_matrix(basis, luminance_step=1.0)
+    full = torch.eye(3) if full is None else full
+    half = colour_basis_matrix(basis, luminance_step=0.5)
+    assert torch.allclose(grey @ half, 0.5 * (grey @ full), atol=1e-6)
+    chroma = torch.tensor([1.0, -1.0, 0.0]) / 2**0.5
+    assert torch.allclose(chroma @ half, chroma @ full, atol=1e-6)
+    images = torch.rand(1, 3, 24, 20)
+    variables = ImageParameterisation("laplacian", height=24, width=20, colour_basis=basis, luminance_step=0.5)
+    assert torch.allclose(variables.decode(variables.encode(images)), images, atol=1e-5)
+    with pytest.raises(ValueError, match="luminance step"):
+        colour_basis_matrix(basis, luminance_step=0.0)
+
+
+def test_luminance_step_is_lowered_only_with_the_decorrelated_basis():
+    assert TeacherConfig().resolved().luminance_step == DEFAULT_LUMINANCE_STEP < 1.0
+    assert TeacherConfig(criterion=CriterionConfig.classic()).resolved().luminance_step == 1.0
+    assert photoreal_teacher(TeacherConfig()).resolved().luminance_step == 1.0
+    assert TeacherConfig(luminance_step=0.3).resolved().luminance_step == 0.3
+    with pytest.raises(ConfigError, match="luminance-step"):
+        TeacherConfig(luminance_step=-1.0)
 
 
 def test_colour_basis_is_decorrelated_only_with_the_laplacian_pyramid():

@@ -476,12 +476,16 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
     style_hash = sha256_file(style)
 
     def legacy_hash(config):
-        later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest", "colour_basis")
+        later = (
+            "photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon", "pyramid_coarsest", "colour_basis",
+            "luminance_step",
+        )
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
         teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
     older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16, colour_basis="rgb")
+    assert older.resolved().luminance_step == 1.0
     assert compute_config_hash(older.resolved(), [style_hash]) == legacy_hash(older)
     deeper = TeacherConfig(size=32, iterations=2)
     assert compute_config_hash(deeper.resolved(), [style_hash]) != legacy_hash(deeper)
@@ -537,6 +541,17 @@ def test_the_smoothing_regulariser_keys_targets_only_while_smoothing_is_on(style
     assert key(smooth=True, smooth_epsilon=1e-2) != key(smooth=True)
 
 
+def _read_back_without(field_name, config, tmp_path, style):
+    """Store ``config``, strip ``field_name`` from its record as a store made before the field
+    existed would have it, and read the config back: (its key, the config read back)."""
+    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
+    path = store.root / "configs" / f"{key}.json"
+    record = json.loads(path.read_text())
+    del record["teacher"][field_name]
+    path.write_text(json.dumps(record))
+    return key, TargetStore(store.root).teacher_config(key)
+
+
 def test_colour_basis_keys_targets_only_when_decorrelated(tmp_path, style):
     """RGB variables are the teacher before the field existed: its targets keep their key and
     an old record reads back as rgb, not as today's decorrelated default."""
@@ -547,10 +562,19 @@ def test_colour_basis_keys_targets_only_when_decorrelated(tmp_path, style):
     decorrelated = TeacherConfig(size=32, iterations=2).resolved()
     assert decorrelated.colour_basis == "decorrelated"
     assert compute_config_hash(rgb, [style_hash]) != compute_config_hash(decorrelated, [style_hash])
+    assert _read_back_without("colour_basis", rgb, tmp_path, style)[1] == rgb
 
-    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=rgb, style_paths=[style])
-    path = store.root / "configs" / f"{key}.json"
-    record = json.loads(path.read_text())
-    del record["teacher"]["colour_basis"]
-    path.write_text(json.dumps(record))
-    assert TargetStore(store.root).teacher_config(key) == rgb
+
+def test_luminance_step_keys_targets_only_when_it_is_not_1(tmp_path, style):
+    """Step 1 is the teacher before the field existed (RGB, or the first decorrelated basis): its
+    targets keep their key and an old record reads back as 1, not as today's default."""
+    from distill.targets.store import compute_config_hash
+
+    style_hash = sha256_file(style)
+    first_decorrelated = TeacherConfig(size=32, iterations=2, luminance_step=1.0).resolved()
+    default = TeacherConfig(size=32, iterations=2).resolved()
+    assert default.luminance_step < 1.0
+    assert compute_config_hash(first_decorrelated, [style_hash]) != compute_config_hash(default, [style_hash])
+    key, read_back = _read_back_without("luminance_step", first_decorrelated, tmp_path, style)
+    assert read_back == first_decorrelated
+    assert compute_config_hash(read_back, [style_hash]) == key

@@ -7,6 +7,7 @@ import torch
 
 from distill.report.stylemetrics import (
     match_colour_statistics,
+    painting_texture_spread,
     recoloured_texture_distance,
     stylisation_figures,
     structure_kept,
@@ -65,3 +66,13 @@ def test_texture_moved_is_relative_to_the_recoloured_photos_texture_distance():
     assert stylisation_figures(output, photo, painting).texture_moved == pytest.approx(moved, abs=1e-9)
     painted_photo = torch.nn.functional.interpolate(painting[None], size=(64, 64), mode="nearest")[0]
     assert recoloured_texture_distance(painted_photo, painting) < reference
+
+
+def test_painting_spread_is_small_for_an_even_texture_and_large_for_a_mixed_one():
+    """The yardstick for "texture moved": how much a painting's own quarters differ in texture."""
+    even = _painting(96)  # the same blocky patches everywhere
+    mixed = even.clone()
+    mixed[:, :48, :48] = 0.5  # one flat quarter: no texture there at all
+    even_spread = painting_texture_spread(even, long_side=96)
+    mixed_spread = painting_texture_spread(mixed, long_side=96)
+    assert 0.0 <= even_spread < 0.5 * mixed_spread

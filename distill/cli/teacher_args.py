@@ -20,7 +20,7 @@ from teachers import gatys
 from teachers.gatys import (
     DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, TeacherResult, photoreal_teacher,
 )
-from teachers.pyramid import COLOUR_BASES, PARAMETERISATIONS
+from teachers.pyramid import COLOUR_BASES, DEFAULT_LUMINANCE_STEP, PARAMETERISATIONS
 
 
 def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bool = True) -> None:
@@ -70,6 +70,11 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
         "--colour-basis", choices=("auto", *COLOUR_BASES), default=defaults.colour_basis,
         help="the colour axes L-BFGS moves: rgb, or decorrelated (luminance moves freely, chroma less: broader strokes, "
         "less colour speckle); auto: decorrelated with laplacian, rgb on pixels (default %(default)s)",
+    )
+    group.add_argument(
+        "--luminance-step", type=float, default=defaults.luminance_step, metavar="S",
+        help=f"how far a step of the colour variables moves luminance; lower keeps more of a dark or flat photo's "
+        f"layout (default: {DEFAULT_LUMINANCE_STEP:g} with the decorrelated basis, 1 on rgb)",
     )
     group.add_argument("--content-weight", type=float, help=f"alpha (default {criterion.content_weight:g}; classic {classic.content_weight:g}; --photoreal {PHOTOREAL_CONTENT_WEIGHT:g})")
     group.add_argument("--style-weight", type=float, help=f"beta (default {criterion.style_weight:g}; classic {classic.style_weight:g})")
@@ -132,7 +137,7 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         config = TeacherConfig(
             criterion=criterion, size=args.size, iterations=args.iters, scales=tuple(args.scales), seed=args.seed,
             parameterisation=args.parameterisation,
-            colour_basis=args.colour_basis,
+            colour_basis=args.colour_basis, luminance_step=args.luminance_step,
         )
         if args.photoreal or args.photoreal_weight is not None:
             config = photoreal_teacher(

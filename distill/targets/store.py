@@ -580,7 +580,9 @@ def compute_config_hash(
 
 #: Teacher fields added after stores existed, with the value at which they change nothing
 #: (plain Gatys). At that value they stay out of the hash: the same targets keep the same key.
-_FIELDS_OFF = {"photoreal_weight": 0.0, "smooth": False, "pyramid_coarsest": 16, "colour_basis": "rgb"}
+_FIELDS_OFF = {
+    "photoreal_weight": 0.0, "smooth": False, "pyramid_coarsest": 16, "colour_basis": "rgb", "luminance_step": 1.0,
+}
 #: Criterion fields added after stores existed, with the value that reproduces the objective
 #: before them; left out of the hash at that value, and assumed when a stored config lacks them.
 _CRITERION_FIELDS_OFF = {"sliced_projections": 1}
