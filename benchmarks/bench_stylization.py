@@ -120,9 +120,11 @@ def within_painting_spread(row) -> bool:
 
 
 def verdict(row) -> str:
+    """pass or fail by the bar alone; a texture fail within the painting's spread says so, and stays a fail."""
     if passes(row):
         return "pass"
-    return "**fail** (photo within spread)" if within_painting_spread(row) and row["texture_moved"] < THRESHOLDS["texture_moved"] else "**fail**"
+    texture_short = row["texture_moved"] < THRESHOLDS["texture_moved"]
+    return "**fail** (photo within spread)" if texture_short and within_painting_spread(row) else "**fail**"
 
 
 def format_row(row) -> str:

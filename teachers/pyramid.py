@@ -66,14 +66,13 @@ def colour_basis_matrix(kind: str, *, luminance_step: float = 1.0) -> torch.Tens
         raise ValueError(f"luminance step must be a positive number, got {luminance_step}")
     if kind == "rgb" and luminance_step == 1.0:
         return None
-    if kind == "rgb":
-        matrix = torch.eye(3, dtype=torch.float64)
-    else:
+    matrix = torch.eye(3, dtype=torch.float64)
+    if kind == "decorrelated":
         matrix = torch.tensor(IMAGENET_COLOUR_SQRT_COVARIANCE, dtype=torch.float64)
         matrix = matrix / torch.linalg.matrix_norm(matrix, ord=2)
     grey = torch.tensor(_GREY, dtype=torch.float64)[:, None]
-    along_grey = torch.eye(3, dtype=torch.float64) - (1.0 - luminance_step) * (grey @ grey.T)
-    return (along_grey @ matrix).float()
+    shorten_grey = torch.eye(3, dtype=torch.float64) - (1.0 - luminance_step) * (grey @ grey.T)
+    return (shorten_grey @ matrix).float()
 
 #: The coarsest band is kept at least this many pixels on its short side. 8 rather than 16:
 #: one more band, about 12 px at 128 and 256 px alike, lets whole regions (a flat dark
