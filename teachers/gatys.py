@@ -23,6 +23,7 @@ from distill.objective.config import CriterionConfig
 from distill.core.affine import guided_filter
 from distill.core.masks import check_mask_options, fit_mask, load_mask, resize_mask, shared_regions
 from distill.objective.criterion import LossTerms, StyleCriterion, build_criterion
+from distill.objective.lossnet import FILTER_BANK_TAPS
 from distill.objective.matting import DEFAULT_EPSILON, MattingPenalty
 from teachers.lbfgs import BatchedLBFGS
 from teachers.pyramid import (
@@ -181,11 +182,19 @@ def photoreal_teacher(
       way to the style's region (benchmarks/bench_photoreal.py);
     - the result is guided-filtered with the photo (``smooth``), the paper's optional
       post-process: it halves the affine residual and removes the speckle that costs
-      structure (:data:`DEFAULT_SMOOTH_EPSILON`, :func:`smoothing_radius`).
+      structure (:data:`DEFAULT_SMOOTH_EPSILON`, :func:`smoothing_radius`);
+    - the offline texture network's filter banks are left out (unless ``config`` named its
+      style layers): they carry a painting's strokes into flat regions, which a photographic
+      result must not take. Measured on a 32 px two-region pair: structure kept 0.10 with
+      them, 0.37 without, and the least-moved region's colour 0.17 against 0.46.
     """
     parameterisation = "pixels" if config.parameterisation == "auto" else config.parameterisation
+    criterion = replace(config.criterion, content_weight=content_weight)
+    resolved = criterion.resolved()
+    if config.criterion.style_layers is None and resolved.style_layers:
+        criterion = replace(criterion, style_layers=tuple(name for name in resolved.style_layers if name not in FILTER_BANK_TAPS))
     return replace(
-        config, criterion=replace(config.criterion, content_weight=content_weight), photoreal_weight=weight,
+        config, criterion=criterion, photoreal_weight=weight,
         parameterisation=parameterisation, scales=(1.0,), init="distribution", smooth=True,
     )
 

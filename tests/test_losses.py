@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -104,11 +106,12 @@ def test_style_target_is_zero_loss_for_the_style_image_itself(tiny_config, style
     assert terms.content.item() == 0.0
 
 
-def test_style_blend_is_weighted_mean_of_grams(tiny_config, style_image):
+def test_style_blend_is_weighted_mean_of_grams(style_image):
     other = 1 - style_image
-    blend = build_criterion(CriterionConfig(weights="random", style_size=48, style_blend=(3.0, 1.0)), [style_image, other])
-    single_a = build_criterion(tiny_config, [style_image], network=blend.network)
-    single_b = build_criterion(tiny_config, [other], network=blend.network)
+    single = CriterionConfig(weights="random", style_size=48)
+    blend = build_criterion(dataclasses.replace(single, style_blend=(3.0, 1.0)), [style_image, other])
+    single_a = build_criterion(single, [style_image], network=blend.network)
+    single_b = build_criterion(single, [other], network=blend.network)
     for layer in blend.style_layers:
         expected = 0.75 * single_a.target_gram(layer) + 0.25 * single_b.target_gram(layer)
         assert torch.allclose(blend.target_gram(layer), expected, rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ from distill.objective.lossnet import (
 )
 
 
-@pytest.mark.parametrize("backbone", ["vgg19", "resnet50"])
+@pytest.mark.parametrize("backbone", ["vgg19", "resnet50", "texture_vgg"])
 def test_default_taps_have_documented_shapes(backbone):
     network = build_loss_network(backbone, weights="random")
     height, width = 64, 96
@@ -29,6 +29,23 @@ def test_default_taps_have_documented_shapes(backbone):
     for name, feature in features.items():
         info = documented_layer_info(backbone, name)
         assert feature.shape == (2, info.channels, height // info.reduction, width // info.reduction), name
+
+
+def test_texture_network_filter_banks_measure_luminance_texture_not_colour():
+    network = build_loss_network("texture_vgg", weights="random", layers=["relu1_1", "bank1", "bank4"])
+    assert network.marginal_layers == ("bank1", "bank4")  # separate filters: matched one by one
+    # Stripes of two colours with the same luminance as the banks see it (after ImageNet normalisation).
+    luma_per_unit = torch.tensor([0.299 / 0.229, 0.587 / 0.224, 0.114 / 0.225])
+    chroma = torch.tensor([luma_per_unit[1], -luma_per_unit[0], 0.0])
+    stripes = (torch.arange(32) // 4 % 2).float().view(1, 1, 1, 32).expand(1, 1, 32, 32)
+    coloured = 0.5 + 0.2 * chroma.view(1, 3, 1, 1) / chroma.abs().max() * (stripes - 0.5)
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    for image in (flat, coloured):
+        features = network(image)
+        assert features["bank1"].abs().max() < 1e-4 and features["bank4"].abs().max() < 1e-4
+    assert network(coloured)["relu1_1"].std() > 1e-2  # colour is left to the VGG layers
+    grey_stripes = 0.3 + 0.4 * stripes.expand(1, 3, 32, 32)
+    assert network(grey_stripes)["bank1"].abs().max() > 0.1
 
 
 def test_network_is_frozen_but_passes_gradients_to_the_input():
@@ -66,6 +83,9 @@ def test_random_weights_are_seeded_and_labelled():
     assert torch.equal(a(image)["relu1_1"], b(image)["relu1_1"])
     assert not torch.equal(a(image)["relu1_1"], c(image)["relu1_1"])
     assert a.is_random and "random" in a.weights_description
+    banks = [build_loss_network("texture_vgg", weights="random", seed=seed, layers=["bank2"]) for seed in (3, 3, 4)]
+    assert torch.equal(banks[0](image)["bank2"], banks[1](image)["bank2"])
+    assert not torch.equal(banks[0](image)["bank2"], banks[2](image)["bank2"])
 
 
 def test_seeding_inside_isolated_rng_leaves_the_callers_random_state_alone():

@@ -201,7 +201,11 @@ def test_the_photoreal_teacher_recolours_without_painting(two_colour_style, batc
     style, style_mask = two_colour_style
     photo = _photo(32, seed=3)
     content_mask = _halves(32, RED, BLUE)[None]
-    criterion = build_criterion(CriterionConfig(weights="random", style_size=32), [style], style_mask=style_mask)
+    # The photoreal preset leaves the texture network's filter banks out: they would paint.
+    offline = CriterionConfig(weights="random", style_size=32)
+    layers = photoreal_teacher(TeacherConfig(criterion=offline)).criterion.style_layers
+    assert layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    criterion = build_criterion(replace(offline, style_layers=layers), [style], style_mask=style_mask)
     base = dict(size=32, iterations=40, parameterisation="pixels")
     plain = stylize(criterion, photo[None], config=TeacherConfig(**base), content_masks=content_mask)
     photoreal = stylize(criterion, photo[None], config=TeacherConfig(**base, photoreal_weight=1000.0), content_masks=content_mask)

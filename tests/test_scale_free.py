@@ -105,6 +105,15 @@ def test_auto_fields_resolve_to_the_offline_preset_or_vgg19():
         CriterionConfig(normalisation="relative")
 
 
+def test_offline_preset_matches_each_filter_bank_response_histogram(textured_style):
+    config = CriterionConfig(weights="random", style_size=48)
+    assert config.resolved().style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "bank1", "bank2", "bank4", "bank8")
+    criterion = build_criterion(config, [textured_style])
+    assert torch.equal(criterion.sw_target("bank2")[0], torch.eye(32))  # each filter's own histogram
+    directions = criterion.sw_target("relu2_1")[0]
+    assert directions.shape == (64, 128) and not torch.equal(directions[:, :64], torch.eye(64))
+
+
 def test_texture_network_has_no_pretrained_weights():
     from distill.objective.lossnet import WeightsFileError, build_loss_network
 
@@ -134,6 +143,8 @@ def test_sliced_projections_set_the_directions_per_channel(textured_style):
     single = build_criterion(dataclasses.replace(config, sliced_projections=1), [textured_style], network=default.network)
     channels = default.network.channels()
     for layer in default.style_layers:
+        if layer in default.network.marginal_layers:
+            continue  # filter banks: their own axes (test_offline_preset_matches_each_filter_bank_response_histogram)
         directions, quantiles = default.sw_target(layer)
         assert directions.shape == (channels[layer], config.sliced_projections * channels[layer])
         assert quantiles.shape[1] == directions.shape[1]
@@ -268,14 +279,28 @@ def _shapes_photo(size: int = 64) -> torch.Tensor:
     return image
 
 
-def test_offline_teacher_moves_texture_toward_the_style_and_keeps_the_edges(textured_style, single_thread):
+@pytest.fixture(scope="module")
+def painted_style(textured_style) -> torch.Tensor:
+    """Like a painting, brushed areas and flat ones: the stripes in a checkerboard of 48 px patches.
+
+    (A style that is one stripe frequency everywhere asks for that texture everywhere: the
+    filter banks then fill the photo's flat shapes with stripes, and the structure kept falls
+    to about 0.1 on the pair below; 0.45 without the banks.)
+    """
+    rows, columns = torch.meshgrid(torch.arange(192), torch.arange(192), indexing="ij")
+    brushed = ((rows // 48 + columns // 48) % 2 == 0).float()
+    field = _smooth_field(192, 1)[0]
+    return brushed * textured_style + (1 - brushed) * field
+
+
+def test_offline_teacher_moves_texture_toward_the_style_and_keeps_the_edges(painted_style, single_thread):
     content = _shapes_photo()
     config = TeacherConfig(criterion=CriterionConfig(weights="random", style_size=64), size=64, iterations=60)
-    criterion = build_criterion(config.criterion, [textured_style])
+    criterion = build_criterion(config.criterion, [painted_style])
     result = stylize(criterion, content.unsqueeze(0), config=config)
-    figures = stylisation_figures(result.images[0], content, textured_style)
+    figures = stylisation_figures(result.images[0], content, painted_style)
     assert figures.colour_moved > 0.3
-    assert figures.texture_moved > 0.1  # beyond what recolouring the photo achieves
+    assert figures.texture_moved > 0.25  # beyond what recolouring the photo achieves
     assert figures.structure_kept > 0.4
-    recoloured = stylisation_figures(match_colour_statistics(content, textured_style), content, textured_style)
-    assert figures.texture_moved > recoloured.texture_moved + 0.1
+    recoloured = stylisation_figures(match_colour_statistics(content, painted_style), content, painted_style)
+    assert figures.texture_moved > recoloured.texture_moved + 0.25

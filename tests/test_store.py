@@ -435,6 +435,7 @@ def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, sty
     assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": teacher, "styles": [style_hash]})
     record = json.loads((store.root / "configs" / f"{same}.json").read_text())
     del record["weights_sha256"]
+    record["teacher"]["criterion"].update(content_layers=None, style_layers=None)  # older records named no layers
     legacy = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
     (store.root / "configs" / f"{legacy}.json").write_text(json.dumps({**record, "config_hash": legacy}))
     assert TargetStore(store.root).config_record(legacy)["teacher"]["criterion"]["weights"] == str(moved)
@@ -451,9 +452,13 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
     before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
     # ... nor the sliced-Wasserstein projection count, which a Gram teacher never uses.
     before["criterion"] = {k: v for k, v in before["criterion"].items() if k != "sliced_projections"}
+    # ... and the backbone's default layers were not named (None) before resolved configs named them.
+    assert before["criterion"]["style_layers"] == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    before["criterion"].update(content_layers=None, style_layers=None)
     assert sha256_json({"teacher": before, "styles": record["styles"]}) == key
     # A store written while off fields still entered the hash is found under its own key.
-    full = sha256_json({"teacher": record["teacher"], "styles": record["styles"]})
+    unnamed = {**record["teacher"], "criterion": {**record["teacher"]["criterion"], "content_layers": None, "style_layers": None}}
+    full = sha256_json({"teacher": unnamed, "styles": record["styles"]})
     assert full != key
     (store.root / "configs" / f"{key}.json").rename(store.root / "configs" / f"{full}.json")
     reopened, found = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
@@ -464,6 +469,25 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
         tmp_path / "s", teacher_config=config_replace(config, photoreal_weight=10.0), style_paths=[style]
     )
     assert photoreal not in (key, full)
+
+
+def test_texture_network_stores_from_before_its_filter_banks_keep_their_objective(tmp_path, style):
+    """The offline network's default style layers gained filter banks: a new key for the new objective,
+    and an older store's unnamed layers still mean the five VGG taps its targets were made with."""
+    from distill.core.config import from_dict
+    from distill.targets.store import compute_config_hash
+
+    config = TeacherConfig(size=32, iterations=2, criterion=CriterionConfig(weights="random"))
+    store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=config, style_paths=[style])
+    record = json.loads((store.root / "configs" / f"{key}.json").read_text())
+    assert record["teacher"]["criterion"]["style_layers"][-1] == "bank8"
+    older = {**record["teacher"], "criterion": {**record["teacher"]["criterion"], "content_layers": None, "style_layers": None}}
+    older_key = compute_config_hash(from_dict(TeacherConfig, older), record["styles"])
+    assert older_key != key
+    (store.root / "configs" / f"{older_key}.json").write_text(json.dumps({**record, "teacher": older, "config_hash": older_key}))
+    criterion = TargetStore(store.root).teacher_config(older_key).criterion
+    assert criterion.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    assert criterion.content_layers == ("relu4_2",)
 
 
 def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
@@ -482,6 +506,7 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
         )
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
         teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
+        teacher["criterion"].update(content_layers=None, style_layers=None)  # default layers were not named
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
     older = TeacherConfig(size=32, iterations=2, pyramid_coarsest=16, colour_basis="rgb")

@@ -38,7 +38,7 @@ class CriterionConfig:
     seed: int = 0  # seeds weights="random" and the sliced-Wasserstein directions, so runs are reproducible
     pooling: str = "max"  # "max", or "avg" (Gatys's smoother variant)
     content_layers: tuple[str, ...] | None = None  # None: the backbone's defaults (relu4_2 for VGG-19)
-    style_layers: tuple[str, ...] | None = None  # None: relu1_1..relu5_1 for VGG-19
+    style_layers: tuple[str, ...] | None = None  # None: relu1_1..relu5_1 for VGG-19; and bank1..bank8 for texture_vgg
     layer_weighting: str = "equal"  # per style layer: "equal", or the lecture's "inverse_square_channels" (classic)
     # "scale_free": every layer's term is relative to its target's own magnitude, so alpha
     # and beta mean the same on any network, weights, image size and layer count.
@@ -102,7 +102,8 @@ class CriterionConfig:
         return cls(**{**settings, **changes})
 
     def resolved(self) -> "CriterionConfig":
-        """This config with every ``"auto"`` field decided."""
+        """This config with every ``"auto"`` field decided, and the backbone's default layers named
+        (a backbone's defaults can change between versions; a stored config keeps what was used)."""
         backbone = self.backbone
         if backbone == "auto":
             offline = self.weights == "random" and self.normalisation == "scale_free"
@@ -110,14 +111,17 @@ class CriterionConfig:
         statistic = self.style_statistic
         if statistic == "auto":
             statistic = "sliced_wasserstein" if self.weights == "random" and self.normalisation == "scale_free" else "gram"
-        return dataclasses.replace(self, backbone=backbone, style_statistic=statistic)
-
-    def resolved_layers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(content layers, style layers) with the backbone's defaults filled in."""
-        backbone = self.resolved().backbone
         defaults = DEFAULT_LAYERS.get(backbone)
         content = self.content_layers or (defaults["content"] if defaults else None)
         style = self.style_layers or (defaults["style"] if defaults else None)
-        if not content or not style:
-            raise CriterionError(f"backbone {backbone!r} has no default layers: set content_layers and style_layers")
-        return tuple(content), tuple(style)
+        return dataclasses.replace(
+            self, backbone=backbone, style_statistic=statistic,
+            content_layers=tuple(content) if content else None, style_layers=tuple(style) if style else None,
+        )
+
+    def resolved_layers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(content layers, style layers) with the backbone's defaults filled in."""
+        resolved = self.resolved()
+        if not resolved.content_layers or not resolved.style_layers:
+            raise CriterionError(f"backbone {resolved.backbone!r} has no default layers: set content_layers and style_layers")
+        return resolved.content_layers, resolved.style_layers

@@ -20,7 +20,7 @@ from distill.core.color import luminance_as_rgb
 from distill.core.imageio import resize_image
 from distill.core.masks import regions_of
 from distill.objective.config import NORMALISATIONS, STYLE_STATISTICS, CriterionConfig, CriterionError
-from distill.objective.lossnet import LossNetwork, build_loss_network
+from distill.objective.lossnet import FILTER_BANK_WEIGHT, LossNetwork, build_loss_network
 from distill.objective.regions import RegionTargets, region_style_error, region_targets
 from distill.objective.terms import (
     content_loss,
@@ -218,10 +218,16 @@ class StyleCriterion(nn.Module):
         for layer in self.style_layers:
             if content_masks is not None:
                 directions = self.sw_target(layer)[0] if self.style_statistic == "sliced_wasserstein" else None
+                # A filter bank's response inside a flat region of the style is nearly 0: relative to
+                # the region's own size its error would swamp every other term, so banks take the
+                # whole style's bank size instead (as without masks).
+                bank = layer in self.network.marginal_layers and self.normalisation == "scale_free"
                 error = region_style_error(
                     features[layer], content_masks, self.region_target(layer), directions,
-                    relative=self.normalisation == "scale_free",
+                    relative=self.normalisation == "scale_free" and not bank,
                 )
+                if bank:
+                    error = error / self._style_scale(layer)
             else:
                 error = self.style_layer_error(layer, features[layer])
                 if self.normalisation == "scale_free":
@@ -233,7 +239,18 @@ class StyleCriterion(nn.Module):
         return total
 
     def _style_scale(self, layer: str) -> torch.Tensor:
-        """The style target's own size: its mean squared entry (Gram) or mean squared quantile (sliced Wasserstein)."""
+        """The style target's own size: its mean squared entry (Gram) or mean squared quantile (sliced Wasserstein).
+
+        Filter banks (the network's marginal layers) share one size, the mean of theirs: they are
+        one descriptor at several scales, and a scale at which the painting has almost no texture
+        (stripes averaged away at 1/8) must not turn a small error into the largest term.
+        """
+        banks = [name for name in self.style_layers if name in self.network.marginal_layers]
+        if layer in banks:
+            return torch.stack([self._own_style_scale(name) for name in banks]).mean()
+        return self._own_style_scale(layer)
+
+    def _own_style_scale(self, layer: str) -> torch.Tensor:
         if self.style_statistic == "gram":
             return self.target_gram(layer).pow(2).mean().clamp_min(1e-12)
         return self.sw_target(layer)[1].pow(2).mean().clamp_min(1e-12)
@@ -298,11 +315,12 @@ def build_criterion(
         )
     network = network.to(device)
     channels = network.channels()
-    layer_weights = layer_weights_for(style_layers, channels, config.layer_weighting)
+    layer_weights = _style_layer_weights(style_layers, channels, config.layer_weighting, network.marginal_layers)
     weights = [w / float(sum(blend)) for w in blend]
 
     sliced = config.style_statistic == "sliced_wasserstein"
-    directions = _projection_directions(channels, style_layers, seed=config.seed, per_channel=config.sliced_projections) if sliced else None
+    per_channel, marginal = config.sliced_projections, network.marginal_layers
+    directions = _projection_directions(channels, style_layers, seed=config.seed, per_channel=per_channel, marginal_layers=marginal) if sliced else None
     grams: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     quantiles: dict[str, torch.Tensor] = {layer: 0.0 for layer in style_layers}
     measure = luminance_as_rgb if config.luminance_only else (lambda x: x)
@@ -338,6 +356,14 @@ def build_criterion(
     ).to(device)
 
 
+def _style_layer_weights(
+    layers: Sequence[str], channels: Mapping[str, int], weighting: str, banks: Sequence[str]
+) -> dict[str, float]:
+    """Per style layer weights of ``weighting``, filter banks at :data:`FILTER_BANK_WEIGHT` of a layer's."""
+    weights = layer_weights_for(layers, channels, weighting)
+    return {layer: weight * (FILTER_BANK_WEIGHT if layer in banks else 1.0) for layer, weight in weights.items()}
+
+
 def _region_targets(
     features: Mapping[str, torch.Tensor],
     style_mask: torch.Tensor,
@@ -359,13 +385,26 @@ def _region_targets(
 
 
 def _projection_directions(
-    channels: Mapping[str, int], layers: Sequence[str], *, seed: int, per_channel: int = 1
+    channels: Mapping[str, int],
+    layers: Sequence[str],
+    *,
+    seed: int,
+    per_channel: int = 1,
+    marginal_layers: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Fixed unit directions (C, per_channel * C) per layer, seeded: the objective must not change
-    between L-BFGS iterations (Heitz et al. redraw them each step; a quasi-Newton method cannot)."""
+    between L-BFGS iterations (Heitz et al. redraw them each step; a quasi-Newton method cannot).
+
+    ``marginal_layers`` (channels that are independent filters) get the channel axes themselves,
+    (C, C): each filter's own response histogram. Measured on the texture network's filter
+    banks: texture moved further toward the painting than with random mixtures of filters.
+    """
     generator = torch.Generator().manual_seed(seed)
     directions = {}
     for layer in layers:
+        if layer in marginal_layers:
+            directions[layer] = torch.eye(channels[layer])
+            continue
         matrix = torch.randn(channels[layer], per_channel * channels[layer], generator=generator)
         directions[layer] = matrix / matrix.norm(dim=0, keepdim=True)
     return directions

@@ -588,6 +588,14 @@ _FIELDS_OFF = {
 _CRITERION_FIELDS_OFF = {"sliced_projections": 1}
 #: Criterion fields that only matter with the sliced-Wasserstein statistic: left out with Gram.
 _CRITERION_FIELDS_ONLY_SLICED = ("sliced_projections",)
+#: Each backbone's default (content, style) layers while stores recorded ``None`` for them.
+#: Resolved configs name their layers; these stay out of the hash, so older keys hold, and a
+#: stored ``None`` means them (the texture network's filter banks came later, and are named).
+_LEGACY_DEFAULT_LAYERS = {
+    "vgg19": (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")),
+    "texture_vgg": (("relu4_2",), ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")),
+    "resnet50": (("layer2",), ("stem", "layer1", "layer2", "layer3", "layer4")),
+}
 #: Fields that only matter while another one is on: left out (at any value) while it is off.
 _FIELDS_ONLY_WITH = {"matting_epsilon": "photoreal_weight", "smooth_epsilon": "smooth"}
 #: Fields that only matter with the Laplacian-pyramid parameterisation: left out on pixels.
@@ -610,6 +618,8 @@ def _config_hash(
         teacher = {key: value for key, value in teacher.items() if key not in off}
         if isinstance(teacher.get("criterion"), dict):
             teacher = {**teacher, "criterion": _criterion_without_off_fields(teacher["criterion"])}
+    if teacher is not None and isinstance(teacher.get("criterion"), dict):
+        teacher = {**teacher, "criterion": _criterion_with_legacy_layer_keys(teacher["criterion"])}
     if weights_sha256 is not None and teacher is not None:
         teacher = {**teacher, "criterion": {**teacher["criterion"], "weights": f"sha256:{weights_sha256}"}}
     hashed = {"teacher": teacher, "styles": styles}
@@ -625,6 +635,15 @@ def _criterion_without_off_fields(criterion: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in criterion.items() if key not in off}
 
 
+def _criterion_with_legacy_layer_keys(criterion: dict[str, Any]) -> dict[str, Any]:
+    """Default layers as every store before named layers hashed them: ``None``."""
+    legacy = _LEGACY_DEFAULT_LAYERS.get(criterion.get("backbone"))
+    layers = tuple(tuple(named) if named else None for named in (criterion.get("content_layers"), criterion.get("style_layers")))
+    if legacy is None or layers != legacy:
+        return criterion
+    return {**criterion, "content_layers": None, "style_layers": None}
+
+
 def _with_legacy_values(teacher: dict[str, Any]) -> dict[str, Any]:
     """A stored teacher config with the fields it predates set to what made its targets
     (their off values), not to today's defaults."""
@@ -632,7 +651,12 @@ def _with_legacy_values(teacher: dict[str, Any]) -> dict[str, Any]:
     criterion = teacher.get("criterion")
     if isinstance(criterion, dict):
         missing = {name: value for name, value in _CRITERION_FIELDS_OFF.items() if name not in criterion}
-        teacher["criterion"] = {**missing, **criterion}
+        criterion = {**missing, **criterion}
+        legacy = _LEGACY_DEFAULT_LAYERS.get(criterion.get("backbone"))
+        if legacy is not None:
+            for key, layers in zip(("content_layers", "style_layers"), legacy):
+                criterion[key] = criterion.get(key) or list(layers)
+        teacher["criterion"] = criterion
     return teacher
 
 
