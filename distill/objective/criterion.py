@@ -133,14 +133,6 @@ class StyleCriterion(nn.Module):
             for layer in self.style_layers:
                 self.register_buffer(f"sw_directions_{_key(layer)}", sw_directions[layer].float())
                 self.register_buffer(f"sw_quantiles_{_key(layer)}", sw_quantiles[layer].float())
-        #: The style layers that are filter banks (the network's marginal layers), normalised together.
-        # (a stand-in network without the attribute has no banks)
-        banks = getattr(network, "marginal_layers", ())
-        self.bank_layers = tuple(layer for layer in self.style_layers if layer in banks)
-        if self.bank_layers:
-            # Fixed with the style targets: computed once, not on every call.
-            scales = torch.stack([self._own_style_scale(layer) for layer in self.bank_layers])
-            self.register_buffer("bank_style_scale", scales.mean())
         #: Palette classes with region-by-region style targets (semantic masks), or None.
         self.region_classes: tuple[int, ...] | None = None
         if regions is not None:
@@ -229,7 +221,7 @@ class StyleCriterion(nn.Module):
                 # A filter bank's response inside a flat region of the style is nearly 0: relative to
                 # the region's own size its error would swamp every other term, so banks take the
                 # whole style's bank size instead (as without masks).
-                bank = layer in self.bank_layers and self.normalisation == "scale_free"
+                bank = layer in self.network.marginal_layers and self.normalisation == "scale_free"
                 error = region_style_error(
                     features[layer], content_masks, self.region_target(layer), directions,
                     relative=self.normalisation == "scale_free" and not bank,
@@ -253,8 +245,9 @@ class StyleCriterion(nn.Module):
         one descriptor at several scales, and a scale at which the painting has almost no texture
         (stripes averaged away at 1/8) must not turn a small error into the largest term.
         """
-        if layer in self.bank_layers:
-            return self.bank_style_scale
+        banks = [name for name in self.style_layers if name in self.network.marginal_layers]
+        if layer in banks:
+            return torch.stack([self._own_style_scale(name) for name in banks]).mean()
         return self._own_style_scale(layer)
 
     def _own_style_scale(self, layer: str) -> torch.Tensor:
