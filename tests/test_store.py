@@ -432,6 +432,7 @@ def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, sty
     plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random"))
     style_hash = sha256_file(style)
     teacher = {k: v for k, v in to_dict(plain).items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
+    teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "flat_area_weight"}  # later, and off
     assert compute_config_hash(plain, [style_hash]) == sha256_json({"teacher": teacher, "styles": [style_hash]})
     record = json.loads((store.root / "configs" / f"{same}.json").read_text())
     del record["weights_sha256"]
@@ -450,8 +451,8 @@ def test_stores_keep_their_key_across_teacher_fields_added_later(tmp_path, style
     record = json.loads((store.root / "configs" / f"{key}.json").read_text())
     # A store from before the photoreal fields existed: its record lacks them, and its key is the same.
     before = {k: v for k, v in record["teacher"].items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
-    # ... nor the sliced-Wasserstein projection count, which a Gram teacher never uses.
-    before["criterion"] = {k: v for k, v in before["criterion"].items() if k != "sliced_projections"}
+    # ... nor the sliced-Wasserstein projection count, which a Gram teacher never uses, nor the flat-area weight, off.
+    before["criterion"] = {k: v for k, v in before["criterion"].items() if k not in ("sliced_projections", "flat_area_weight")}
     # ... and the backbone's default layers were not named (None) before resolved configs named them.
     assert before["criterion"]["style_layers"] == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     before["criterion"].update(content_layers=None, style_layers=None)
@@ -505,7 +506,7 @@ def test_pyramid_depth_keys_targets_only_where_it_changes_them(style):
             "luminance_step",
         )
         teacher = {k: v for k, v in to_dict(config.resolved()).items() if k not in later}
-        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
+        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k not in ("sliced_projections", "flat_area_weight")}
         teacher["criterion"].update(content_layers=None, style_layers=None)  # default layers were not named
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
@@ -533,7 +534,7 @@ def test_sliced_projections_key_targets_only_where_they_change_them(tmp_path, st
     def legacy_hash(teacher_config):
         later = ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")  # off here, so out of every key
         teacher = {k: v for k, v in to_dict(teacher_config).items() if k not in later}
-        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "sliced_projections"}
+        teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k not in ("sliced_projections", "flat_area_weight")}
         return sha256_json({"teacher": teacher, "styles": [style_hash]})
 
     one = config(sliced_projections=1)

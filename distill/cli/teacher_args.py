@@ -80,6 +80,11 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
     group.add_argument("--style-weight", type=float, help=f"beta (default {criterion.style_weight:g}; classic {classic.style_weight:g})")
     group.add_argument("--tv-weight", type=float, help=f"total-variation weight (default {criterion.tv_weight:g}; classic {classic.tv_weight:g})")
     group.add_argument(
+        "--flat-area-weight", type=float, metavar="W",
+        help="keep the photo's flat areas free of the painting's strokes (offline texture network only; 0.1 kept more "
+        f"structure at the same texture on the measured pairs; default {criterion.flat_area_weight:g}: off)",
+    )
+    group.add_argument(
         "--layer-weighting", choices=LAYER_WEIGHTINGS,
         help=f"per-style-layer weights (default {criterion.layer_weighting}; classic {classic.layer_weighting})",
     )
@@ -114,6 +119,7 @@ def teacher_config_from_args(args: argparse.Namespace) -> TeacherConfig:
         "content_weight": args.content_weight,
         "style_weight": args.style_weight,
         "tv_weight": args.tv_weight,
+        "flat_area_weight": args.flat_area_weight,
         "layer_weighting": args.layer_weighting,
     }
     try:

@@ -24,6 +24,7 @@ from distill.objective.lossnet import FILTER_BANK_WEIGHT, LossNetwork, build_los
 from distill.objective.regions import RegionTargets, region_style_error, region_targets
 from distill.objective.terms import (
     content_loss,
+    flat_area_loss,
     gram_embedding,
     gram_matrix,
     layer_weights_for,
@@ -87,6 +88,8 @@ class StyleCriterion(nn.Module):
     Johnson et al.).
     ``style_statistic="sliced_wasserstein"`` needs ``sw_directions`` and ``sw_quantiles``
     per style layer (see :func:`distill.objective.terms.sliced_wasserstein_layer_loss`).
+    ``flat_area_weight`` > 0 adds :func:`distill.objective.terms.flat_area_loss` on the
+    network's filter banks to the content term: the photo's flat areas stay flat.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class StyleCriterion(nn.Module):
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        flat_area_weight: float = 0.0,
         luminance_only: bool = False,
         normalisation: str = "classic",
         style_statistic: str = "gram",
@@ -122,6 +126,16 @@ class StyleCriterion(nn.Module):
         self.content_weight = float(content_weight)
         self.style_weight = float(style_weight)
         self.tv_weight = float(tv_weight)
+        self.flat_area_weight = float(flat_area_weight)
+        #: The taps that the flat-area term compares with the photo's: the loss network's filter banks.
+        self.flat_area_layers: tuple[str, ...] = ()
+        if self.flat_area_weight > 0:
+            self.flat_area_layers = tuple(layer for layer in network.marginal_layers if layer in network.layers)
+            if not self.flat_area_layers:
+                raise CriterionError(
+                    "the flat-area weight needs a loss network with filter banks (backbone texture_vgg, the offline "
+                    "default); set it to 0 with this backbone"
+                )
         self.luminance_only = luminance_only
         self.normalisation = normalisation
         self.style_statistic = style_statistic
@@ -170,11 +184,16 @@ class StyleCriterion(nn.Module):
         """Loss-network features of ``images`` at every tap the criterion uses."""
         return self.network(self.measured(images))
 
+    @property
+    def content_target_layers(self) -> tuple[str, ...]:
+        """The taps whose content features ``forward`` needs: the content layers, and the flat-area layers."""
+        return tuple(dict.fromkeys(self.content_layers + self.flat_area_layers))
+
     @torch.no_grad()
     def content_targets(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Content features to pass as ``content_targets`` when the same content is used many times."""
         features = self.features(content)
-        return {layer: features[layer].detach() for layer in self.content_layers}
+        return {layer: features[layer].detach() for layer in self.content_target_layers}
 
     def grams(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Gram matrices (B, C, C) float32 of ``images`` at the style layers (or ``layers``)."""
@@ -197,11 +216,14 @@ class StyleCriterion(nn.Module):
         if content_targets is None:
             content_targets = self.content_targets(content)
         features = self.features(images)
-        content_term = self.content_distance(features, content_targets)
+        content_term = self.content_weight * self.content_distance(features, content_targets)
+        if self.flat_area_layers:
+            flat = [flat_area_loss(features[layer], content_targets[layer]) for layer in self.flat_area_layers]
+            content_term = content_term + self.flat_area_weight * sum(flat) / len(flat)
         style_term = self._style_term(features, content_masks)
         tv_term = total_variation(images) if self.tv_weight else torch.zeros_like(style_term)
         return LossTerms(
-            content=self.content_weight * content_term,
+            content=content_term,
             style=self.style_weight * style_term,
             tv=self.tv_weight * tv_term,
         )
@@ -346,7 +368,7 @@ def build_criterion(
         target_grams=grams,
         content_weight=config.content_weight,
         style_weight=config.style_weight,
-        tv_weight=config.tv_weight,
+        tv_weight=config.tv_weight, flat_area_weight=config.flat_area_weight,
         luminance_only=config.luminance_only,
         normalisation=config.normalisation,
         style_statistic=config.style_statistic,

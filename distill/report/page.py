@@ -250,4 +250,5 @@ def _teacher_summary(config: dict[str, Any]) -> str:
         f"Gatys L-BFGS, {config.get('iterations')} iterations at {config.get('size')} px, init {config.get('init')}, "
         f"scales {config.get('scales')}; {c.get('backbone')} ({c.get('weights')}), alpha {c.get('content_weight')}, "
         f"beta {c.get('style_weight')}, gamma {c.get('tv_weight')}"
+        + (f", flat-area weight {c['flat_area_weight']}" if c.get("flat_area_weight") else "")
     )

@@ -585,7 +585,7 @@ _FIELDS_OFF = {
 }
 #: Criterion fields added after stores existed, with the value that reproduces the objective
 #: before them; left out of the hash at that value, and assumed when a stored config lacks them.
-_CRITERION_FIELDS_OFF = {"sliced_projections": 1}
+_CRITERION_FIELDS_OFF = {"sliced_projections": 1, "flat_area_weight": 0.0}
 #: Criterion fields that only matter with the sliced-Wasserstein statistic: left out with Gram.
 _CRITERION_FIELDS_ONLY_SLICED = ("sliced_projections",)
 #: Each backbone's default (content, style) layers while stores recorded ``None`` for them.

@@ -53,7 +53,7 @@ def compute_objective(
     with torch.no_grad():
         if "feature" in kinds:
             reference = criterion.features(torch.cat([content, target]))
-            content_targets = {layer: reference[layer][:batch] for layer in criterion.content_layers}
+            content_targets = {layer: reference[layer][:batch] for layer in criterion.content_target_layers}
             target_features = {layer: reference[layer][batch:] for layer in criterion.content_layers}
         else:
             content_targets, target_features = criterion.content_targets(content), None
