@@ -130,7 +130,7 @@ class StyleCriterion(nn.Module):
         #: The taps that the flat-area term compares with the photo's: the loss network's filter banks.
         self.flat_area_layers: tuple[str, ...] = ()
         if self.flat_area_weight > 0:
-            self.flat_area_layers = tuple(layer for layer in network.marginal_layers if layer in network.layers)
+            self.flat_area_layers = tuple(network.marginal_layers)
             if not self.flat_area_layers:
                 raise CriterionError(
                     "the flat-area weight needs a loss network with filter banks (backbone texture_vgg, the offline "

@@ -101,8 +101,8 @@ def relative_content_loss(features: torch.Tensor, target: torch.Tensor) -> torch
 
 
 #: How sharply :func:`flat_area_loss` tells flat from textured: a position whose response energy
-#: is the photo's mean weighs exp(-4) = 2% of a flat one. At exp(-1) (measured, 128 px) the term
-#: also held busy photos (fur, facades) and their texture stayed the photo's own.
+#: is the photo's mean weighs exp(-4) = 2% of a flat one. At a sharpness of 1 (measured, 128 px)
+#: the term also held busy photos (fur, facades), and their texture stayed the photo's own.
 FLAT_AREA_SHARPNESS = 4.0
 
 
