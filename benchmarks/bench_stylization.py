@@ -61,8 +61,9 @@ def main() -> None:
     parser.add_argument("--label", default="shared", help="names the results file and gallery (default %(default)s)")
     parser.add_argument("--sample-photos", action="store_true",
                         help="add every sample photo that installed packages carry (scikit-image, matplotlib) to the contents")
-    parser.add_argument("--flat-area-weight", type=float, default=0.0, metavar="W",
-                        help="the default mode's flat-area weight (CriterionConfig.flat_area_weight; default 0: off)")
+    parser.add_argument("--flat-area-weight", type=float, metavar="W",
+                        help="the default mode's flat-area weight (CriterionConfig.flat_area_weight; 0: off; "
+                        "default: the criterion's own)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
                 style = load_image(style_path)
                 for mode in args.modes:
                     criterion_config = MODES[mode]()
-                    if mode == "default" and args.flat_area_weight:
+                    if mode == "default" and args.flat_area_weight is not None:
                         criterion_config = dataclasses.replace(criterion_config, flat_area_weight=args.flat_area_weight)
                     row, image = run_pair(content, style, criterion_config, size=size, iterations=args.iters, device=device)
                     row.update(content=content_path.stem, style=style_path.stem, size=size, mode=mode)
@@ -149,7 +150,7 @@ def command_line(args) -> str:
         f"python benchmarks/bench_stylization.py{paths('--contents', args.contents)}{paths('--styles', args.styles)}"
         f"{' --sample-photos' if args.sample_photos else ''} --label {args.label} --sizes {' '.join(map(str, args.sizes))} "
         f"--iters {args.iters}{'' if list(args.modes) == list(MODES) else ' --modes ' + ' '.join(args.modes)}"
-        f"{f' --flat-area-weight {args.flat_area_weight:g}' if args.flat_area_weight else ''}"
+        f"{'' if args.flat_area_weight is None else f' --flat-area-weight {args.flat_area_weight:g}'}"
     )
 
 

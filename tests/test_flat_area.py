@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.cli.teacher_args import add_teacher_arguments, teacher_config_from_args
-from distill.objective.config import CriterionConfig, CriterionError
+from distill.objective.config import DEFAULT_FLAT_AREA_WEIGHT, CriterionConfig, CriterionError
 from distill.objective.criterion import build_criterion
 from distill.objective.terms import flat_area_loss
 from distill.report.stylemetrics import stylisation_figures
@@ -40,7 +40,7 @@ def test_strokes_cost_far_more_in_the_photos_flat_areas_than_in_its_textured_one
 
 def test_the_term_joins_the_content_term_on_the_filter_banks_only_when_weighted(textured_style):  # noqa: F811
     photo = _shapes_photo(48).unsqueeze(0)
-    off = build_criterion(CriterionConfig(weights="random", style_size=48), [textured_style])
+    off = build_criterion(CriterionConfig(weights="random", style_size=48, flat_area_weight=0.0), [textured_style])
     on = build_criterion(CriterionConfig(weights="random", style_size=48, flat_area_weight=0.1), [textured_style], network=off.network)
     assert set(off.content_targets(photo)) == set(off.content_layers)
     assert on.flat_area_layers == ("bank1", "bank2", "bank4", "bank8")
@@ -61,7 +61,25 @@ def test_the_flat_area_weight_needs_the_filter_banks_and_a_sane_value(textured_s
     add_teacher_arguments(parser)
     chosen = teacher_config_from_args(parser.parse_args(["--style", "s.png", "--weights", "random", "--flat-area-weight", "0.1"]))
     assert chosen.criterion.flat_area_weight == 0.1
-    assert teacher_config_from_args(parser.parse_args(["--style", "s.png"])).criterion.flat_area_weight == 0.0
+    assert teacher_config_from_args(parser.parse_args(["--style", "s.png", "--flat-area-weight", "0"])).criterion.flat_area_weight == 0.0
+
+
+def test_the_term_is_on_by_default_only_where_the_filter_banks_are():
+    """The offline texture network has the banks it was measured on; pretrained VGG-19, classic
+    and the photorealistic teacher (whose own term keeps flat areas flat) leave it off."""
+    parser = argparse.ArgumentParser()
+    add_teacher_arguments(parser)
+
+    def flat_area_weight(*flags: str) -> float:
+        return teacher_config_from_args(parser.parse_args(["--style", "s.png", *flags])).criterion.flat_area_weight
+
+    assert flat_area_weight("--weights", "random") == DEFAULT_FLAT_AREA_WEIGHT > 0
+    assert flat_area_weight() == 0.0  # pretrained VGG-19
+    assert flat_area_weight("--weights", "random", "--loss-normalisation", "classic") == 0.0
+    assert flat_area_weight("--weights", "random", "--backbone", "vgg19") == 0.0
+    assert flat_area_weight("--weights", "random", "--photoreal") == 0.0
+    assert flat_area_weight("--weights", "random", "--photoreal", "--flat-area-weight", "0.05") == 0.05
+    assert CriterionConfig(weights="random").resolved().flat_area_weight == DEFAULT_FLAT_AREA_WEIGHT
 
 
 def test_an_all_over_texture_leaves_more_of_the_photos_shapes_with_the_term(textured_style, single_thread):  # noqa: F811

@@ -429,7 +429,7 @@ def test_config_hash_follows_the_weights_file_content_not_its_path(tmp_path, sty
     with pytest.raises(StoreError, match="other loss-network weights than the teacher used"):
         store.build_criterion()
     # "pretrained" and "random" stores keep the plain formula, and so do older stores of a weights file.
-    plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random"))
+    plain = TeacherConfig(criterion=config_replace(TeacherConfig().criterion, weights="random", flat_area_weight=0.0))
     style_hash = sha256_file(style)
     teacher = {k: v for k, v in to_dict(plain).items() if k not in ("photoreal_weight", "matting_epsilon", "smooth", "smooth_epsilon")}
     teacher["criterion"] = {k: v for k, v in teacher["criterion"].items() if k != "flat_area_weight"}  # later, and off
@@ -529,6 +529,7 @@ def test_sliced_projections_key_targets_only_where_they_change_them(tmp_path, st
     style_hash = sha256_file(style)
 
     def config(**criterion):
+        criterion = {"flat_area_weight": 0.0, **criterion}  # a later field, off: out of the key
         return TeacherConfig(criterion=CriterionConfig(weights="random", **criterion), size=32, iterations=2).resolved()
 
     def legacy_hash(teacher_config):
@@ -543,6 +544,8 @@ def test_sliced_projections_key_targets_only_where_they_change_them(tmp_path, st
     assert compute_config_hash(config(), [style_hash]) != legacy_hash(config())
     gram = config(style_statistic="gram")
     assert compute_config_hash(gram, [style_hash]) == legacy_hash(gram)
+    flat_areas_kept = config(sliced_projections=1, flat_area_weight=0.1)
+    assert compute_config_hash(flat_areas_kept, [style_hash]) != legacy_hash(one)  # another objective, another key
     assert compute_config_hash(config(style_statistic="gram", sliced_projections=4), [style_hash]) == legacy_hash(gram)
 
     store, key = TargetStore.open_or_create(tmp_path / "s", teacher_config=one, style_paths=[style])

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 import torch
 
 from distill.cli.console import fail
-from distill.objective.config import LAYER_WEIGHTINGS, NORMALISATIONS, POOLINGS, STYLE_STATISTICS, CriterionConfig
+from distill.objective.config import (
+    DEFAULT_FLAT_AREA_WEIGHT, LAYER_WEIGHTINGS, NORMALISATIONS, POOLINGS, STYLE_STATISTICS, CriterionConfig,
+)
 from teachers import gatys
 from teachers.gatys import (
     DEFAULT_PHOTOREAL_WEIGHT, INIT_CHOICES, MIN_SIDE, PHOTOREAL_CONTENT_WEIGHT, TeacherConfig, TeacherResult, photoreal_teacher,
@@ -81,8 +83,8 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, style_required: bo
     group.add_argument("--tv-weight", type=float, help=f"total-variation weight (default {criterion.tv_weight:g}; classic {classic.tv_weight:g})")
     group.add_argument(
         "--flat-area-weight", type=float, metavar="W",
-        help="keep the photo's flat areas free of the painting's strokes (offline texture network only; 0.1 kept more "
-        f"structure at the same texture on the measured pairs; default {criterion.flat_area_weight:g}: off)",
+        help="keep the photo's flat areas free of the painting's strokes (offline texture network only; 0 turns it off; "
+        f"default {DEFAULT_FLAT_AREA_WEIGHT:g} where the style is measured on its filter banks, off otherwise and with --photoreal)",
     )
     group.add_argument(
         "--layer-weighting", choices=LAYER_WEIGHTINGS,
