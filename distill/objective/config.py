@@ -18,7 +18,7 @@ STYLE_STATISTICS = ("gram", "sliced_wasserstein")
 LAYER_WEIGHTINGS = ("inverse_square_channels", "equal")
 #: Loss-network pooling: VGG's max, or Gatys's smoother average.
 POOLINGS = ("max", "avg")
-#: The flat-area weight that ``flat_area_weight=None`` resolves to on the offline texture network.
+#: The flat-area weight that ``flat_area_weight=None`` resolves to where the style is measured on the filter banks.
 DEFAULT_FLAT_AREA_WEIGHT = 0.1
 
 
@@ -67,10 +67,11 @@ class CriterionConfig:
     # Keeps the photo's flat areas flat: a content term on the filter banks (texture_vgg), weighted
     # per pixel by how flat the photo is there (distill.objective.terms.flat_area_loss). 0: off;
     # None: DEFAULT_FLAT_AREA_WEIGHT where the style layers include the filter banks (the offline
-    # default; not the photorealistic teacher, which leaves them out), else off. A painting that is one texture from edge to edge otherwise fills skies
-    # and walls with its strokes; measured at 0.1 on four tuning pairs (128 px), structure kept
-    # rose by 0.07-0.19 with texture moved as before, and on 30 held-out pairs 23 -> 28 passed
-    # the stylisation bar (README, "What the teacher does offline").
+    # default; not the photorealistic teacher, which leaves them out), else off. A painting that
+    # is one texture from edge to edge otherwise fills skies and walls with its strokes; measured
+    # at 0.1 on four tuning pairs (128 px), structure kept rose by 0.07-0.19 with texture moved
+    # as before, and on 30 held-out pairs 23 -> 28 met the stylisation bar (README, "What the
+    # teacher does offline").
     flat_area_weight: float | None = None
     style_size: int | None = 512  # long side of the style image(s) when their statistics are taken; None keeps them as given
     style_blend: tuple[float, ...] | None = None  # relative weight of each style image; None = equal
